@@ -1,0 +1,1 @@
+"""Example entrypoints served by the default servd.yaml and used by the tests."""

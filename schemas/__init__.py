@@ -1,0 +1,1 @@
+"""Package data: the JSON Schema of servd.yaml, installed as servd._schemas."""

@@ -1,0 +1,42 @@
+"""make_app(daemon) -> the tornado Application: routes, with the daemon injected into handlers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tornado.web import Application
+
+from servd.handlers import ops
+from servd.handlers.base import NotFound
+from servd.handlers.http import EndpointHTTP
+from servd.handlers.ws import QueueSocket
+
+if TYPE_CHECKING:
+    from servd.daemon import Daemon
+
+NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)"
+# Frames up to this many times max_message_bytes get a too_large message; larger ones close the socket.
+HARD_FRAME_FACTOR = 2
+
+
+def make_app(daemon: Daemon) -> Application:
+    server = daemon.spec.server
+    deps = {"daemon": daemon}
+    return Application(
+        [
+            (r"/v1/ws", QueueSocket, deps),
+            (rf"/v1/endpoints/{NAME}/ws", QueueSocket, deps),
+            (rf"/v1/endpoints/{NAME}", EndpointHTTP, deps),
+            (r"/v1/endpoints/?", ops.Endpoints, deps),
+            (r"/v1/status", ops.Status, deps),
+            (r"/healthz", ops.Health, deps),
+            (r"/readyz", ops.Ready, deps),
+            (r"/metrics", ops.MetricsText, deps),
+        ],
+        default_handler_class=NotFound,
+        default_handler_args=deps,
+        websocket_ping_interval=server.ping_interval_s,
+        websocket_ping_timeout=server.ping_interval_s,
+        websocket_max_message_size=server.max_message_bytes * HARD_FRAME_FACTOR,
+        compress_response=False,
+    )

@@ -1,0 +1,129 @@
+"""Command line: `servd run FILE`, `servd check FILE`, `servd schema`. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from servd import __version__
+from servd.schema import SpecError, load_schema
+
+if TYPE_CHECKING:
+    from tornado.ioloop import PeriodicCallback
+
+    from servd.spec import Spec
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "schema":
+        print(json.dumps(load_schema(), indent=2))
+        return 0
+    if args.command == "check":
+        return _check(args.file)
+    if args.command == "run":
+        return _run(args.file, args.host, args.port)
+    _parser().print_help()
+    return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="servd", description="Serve Python and PyTorch models from one servd.yaml.")
+    parser.add_argument("--version", action="version", version=f"servd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = commands.add_parser("run", help="serve the endpoints of a config file (foreground; systemd Type=notify)")
+    run.add_argument("file", help="path to servd.yaml")
+    run.add_argument("--host", help="listen address (overrides server.host)")
+    run.add_argument("--port", type=int, help="listen port (overrides server.port; 0 = any free port)")
+    check = commands.add_parser("check", help="check a config file fully (schema, entrypoints, devices); exit 1 on errors")
+    check.add_argument("file", help="path to servd.yaml")
+    commands.add_parser("schema", help="print the JSON Schema of servd.yaml")
+    return parser
+
+
+def _check(file: str) -> int:
+    from servd.check import load_checked
+
+    try:
+        spec = load_checked(file)
+    except SpecError as exc:
+        _print_problems(exc)
+        return 1
+    print(f"servd: {file}: ok ({len(spec.endpoints)} endpoints: {', '.join(spec.endpoints)})")
+    return 0
+
+
+def _print_problems(exc: SpecError) -> None:
+    for problem in exc.problems:
+        print(problem, file=sys.stderr)
+    count = len(exc.problems)
+    print(f"servd: {count} problem{'s' if count != 1 else ''} found", file=sys.stderr)
+
+
+def _run(file: str, host: str | None, port: int | None) -> int:
+    from servd.check import load_checked
+
+    try:
+        spec = load_checked(file)
+    except SpecError as exc:
+        _print_problems(exc)
+        return 1
+    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    if overrides:
+        spec = dataclasses.replace(spec, server=dataclasses.replace(spec.server, **overrides))
+    try:
+        return asyncio.run(_serve(spec))
+    except OSError as exc:
+        print(f"servd: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(spec: Spec) -> int:
+    from servd.daemon import Daemon
+
+    daemon = Daemon(spec)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_stop_signal(signum: int) -> None:
+        if stop.is_set() and signum == signal.SIGINT:
+            os._exit(130)  # a second Ctrl-C: the operator wants out now
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_stop_signal, signum)
+    if hasattr(daemon, "request_reload"):
+        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    try:
+        await daemon.start()
+    except Exception as exc:  # noqa: BLE001 - report any failed model load and exit non-zero
+        daemon.log.error("start failed", error=f"{type(exc).__name__}: {exc}")
+        await daemon.shutdown()
+        return 1
+    watchdog = _start_watchdog()
+    await stop.wait()
+    if watchdog is not None:
+        watchdog.stop()
+    await daemon.shutdown()
+    return 0
+
+
+def _start_watchdog() -> PeriodicCallback | None:
+    """WATCHDOG=1 from the event loop itself, so a stuck loop gets the service restarted."""
+    from tornado.ioloop import PeriodicCallback
+
+    from servd import systemd
+
+    interval = systemd.watchdog_interval_s()
+    if interval is None:
+        return None
+    callback = PeriodicCallback(systemd.watchdog, interval * 1000)
+    callback.start()
+    return callback

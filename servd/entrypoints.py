@@ -1,0 +1,127 @@
+"""`module:attr` -> a callable model per device.
+
+Importing runs user code, so it happens in `servd check`, at start and on reload, never per
+request. The config file's directory goes first on sys.path, so `examples.echo:echo` next to
+servd.yaml imports whatever directory the daemon was started from.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+
+class EntrypointError(ValueError):
+    """An entrypoint that cannot be imported, called or instantiated; the message says why."""
+
+
+@dataclass(frozen=True)
+class Entrypoint:
+    """A resolved `module:attr`: what it is and how to make a callable model from it."""
+
+    ref: str
+    target: Any
+    is_class: bool
+    streams: bool
+    accepts_device: bool
+
+    def instantiate(self, device: str, options: Mapping[str, Any]) -> Model:
+        """One model for `device`: a class is constructed here (this may load weights)."""
+        if not self.is_class:
+            if options:
+                raise EntrypointError(f"{self.ref} is a function; 'options' only apply to class entrypoints")
+            return Model(self.target, device, self.streams)
+        kwargs = dict(options)
+        if self.accepts_device:
+            kwargs["device"] = device
+        try:
+            instance = self.target(**kwargs)
+        except Exception as exc:
+            raise EntrypointError(f"{self.ref}({_kwargs_text(kwargs)}) raised {type(exc).__name__}: {exc}") from exc
+        return Model(instance, device, self.streams, close=getattr(instance, "close", None))
+
+
+@dataclass(eq=False)
+class Model:
+    """A callable served on one device; `close()` releases it when it is retired."""
+
+    call: Callable[[Any], Any]
+    device: str
+    streams: bool
+    close: Callable[[], Any] | None = field(default=None)
+
+
+_imported_mtime: dict[str, float] = {}
+
+
+def resolve(ref: str, search_dir: Path | None = None, *, fresh: bool = False) -> Entrypoint:
+    """Import `module:attr`; with fresh=True a module whose file changed since import is re-imported."""
+    module_name, _, attr_path = ref.partition(":")
+    if search_dir is not None and str(search_dir) not in sys.path:
+        sys.path.insert(0, str(search_dir))
+    module = _import(module_name, ref, fresh)
+    target: Any = module
+    for part in attr_path.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise EntrypointError(f"{ref}: module {module_name!r} has no attribute {attr_path!r}") from None
+    return _classify(ref, target)
+
+
+def _import(module_name: str, ref: str, fresh: bool) -> ModuleType:
+    loaded = sys.modules.get(module_name)
+    try:
+        if loaded is not None and fresh and _changed_on_disk(loaded):
+            module = importlib.reload(loaded)
+        else:
+            module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        hint = "" if exc.name != module_name.split(".")[0] else " (is it next to servd.yaml or installed?)"
+        raise EntrypointError(f"{ref}: cannot import {module_name!r}: {exc}{hint}") from None
+    except Exception as exc:
+        raise EntrypointError(f"{ref}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
+    _imported_mtime[module_name] = _mtime(module)
+    return module
+
+
+def _changed_on_disk(module: ModuleType) -> bool:
+    return _mtime(module) != _imported_mtime.get(module.__name__, _mtime(module))
+
+
+def _mtime(module: ModuleType) -> float:
+    file = getattr(module, "__file__", None)
+    try:
+        return Path(file).stat().st_mtime if file else 0.0
+    except OSError:
+        return 0.0
+
+
+def _classify(ref: str, target: Any) -> Entrypoint:
+    if inspect.isclass(target):
+        call = getattr(target, "__call__", None)  # noqa: B004 - we need the class's own __call__
+        if call is None or call is object.__call__ or not callable(call):
+            raise EntrypointError(f"{ref} is a class without __call__; instances must be callable")
+        _reject_async(ref, call)
+        params = inspect.signature(target).parameters
+        accepts_device = "device" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+        return Entrypoint(ref, target, True, inspect.isgeneratorfunction(call), accepts_device)
+    if not callable(target):
+        raise EntrypointError(f"{ref} is a {type(target).__name__}, not a function or class")
+    _reject_async(ref, target)
+    return Entrypoint(ref, target, False, inspect.isgeneratorfunction(target), False)
+
+
+def _reject_async(ref: str, fn: Any) -> None:
+    if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
+        raise EntrypointError(f"{ref} is async; servd runs entrypoints on worker threads, so make it a plain def")
+
+
+def _kwargs_text(kwargs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in kwargs.items())

@@ -1,0 +1,1 @@
+"""Tornado handlers: the websocket queue, the HTTP API and the operator endpoints."""

@@ -1,0 +1,134 @@
+"""Websocket queue: /v1/ws (any endpoint) and /v1/endpoints/{name}/ws (one endpoint).
+
+One connection carries many requests. The connection is the Sink of its requests: it writes
+their messages, and when it closes it cancels whatever they still have queued or running.
+A client that doesn't read its messages is cut off once its unsent output passes
+server.max_client_buffer_bytes, so it can't grow the server's buffers or stall anyone.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.websocket import WebSocketClosedError, WebSocketHandler
+
+from servd import auth, protocol
+from servd.errors import ErrorCode, ServdError
+from servd.request import Request, Terminal
+
+if TYPE_CHECKING:
+    from servd.daemon import Daemon
+
+SLOW_READER_CLOSE = 1008  # policy violation
+
+
+class QueueSocket(WebSocketHandler):
+    daemon: Daemon
+
+    def initialize(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.fixed_endpoint: str | None = None
+        self.in_flight: dict[str | int, Request] = {}
+        self.client = ""
+        self.gone = False
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """Refuse before the upgrade: wrong token (401), unknown endpoint (404)."""
+        token = auth.presented_token(self.request)
+        if not auth.is_valid(token, self.daemon.tokens):
+            return self._refuse(ErrorCode.UNAUTHORIZED, "a valid bearer token is required (Authorization: Bearer <token> or ?token=)")
+        name = kwargs.get("name")
+        if name is not None and name not in self.daemon.endpoints:
+            return self._refuse(ErrorCode.UNKNOWN_ENDPOINT, f"no endpoint {name!r}")
+        self.fixed_endpoint = name
+        self.client = auth.client_key(self.request, token)
+        await super().get(*args, **kwargs)
+
+    def _refuse(self, code: ErrorCode, message: str) -> None:
+        self.set_status(code.http_status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(protocol.error(None, code, message))
+
+    def check_origin(self, origin: str) -> bool:
+        allowed = self.daemon.spec.server.allowed_origins
+        return "*" in allowed or origin in allowed
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        stream = getattr(self.ws_connection, "stream", None)
+        if stream is not None:
+            stream.max_write_buffer_size = self.daemon.spec.server.max_client_buffer_bytes
+        self.daemon.connections.add(self)
+        self.daemon.metrics.connections.inc()
+
+    def on_message(self, message: str | bytes) -> None:
+        limit = self.daemon.spec.server.max_message_bytes
+        if len(message) > limit:
+            self._write(protocol.error(None, ErrorCode.TOO_LARGE, f"message is {len(message)} bytes; server.max_message_bytes={limit}"))
+            return
+        try:
+            parsed = protocol.parse(message)
+        except protocol.ProtocolError as exc:
+            self._write(protocol.error(exc.id, ErrorCode.BAD_REQUEST, exc.message))
+            return
+        if isinstance(parsed, protocol.Cancel):
+            request = self.in_flight.get(parsed.id)
+            if request is not None:
+                request.endpoint.cancel(request)
+            return
+        self._submit(parsed)
+
+    def _submit(self, submit: protocol.Submit) -> None:
+        if submit.id in self.in_flight:
+            self._write(protocol.error(None, ErrorCode.BAD_REQUEST, f"id {submit.id!r} is already in flight on this connection"))
+            return
+        name = self.fixed_endpoint or submit.endpoint
+        if name is None:
+            self._write(protocol.error(submit.id, ErrorCode.BAD_REQUEST, "submit needs 'endpoint' on /v1/ws"))
+            return
+        if self.fixed_endpoint and submit.endpoint not in (None, self.fixed_endpoint):
+            message = f"this socket serves endpoint {self.fixed_endpoint!r}, not {submit.endpoint!r}"
+            self._write(protocol.error(submit.id, ErrorCode.BAD_REQUEST, message))
+            return
+        request = Request(submit.id, self.client, submit.data, self, progress=submit.progress)
+        self.in_flight[submit.id] = request
+        try:
+            self.daemon.admit(name, request)
+        except ServdError as exc:
+            del self.in_flight[submit.id]
+            self._write(protocol.error(submit.id, exc.code, exc.message))
+
+    # -- Sink ------------------------------------------------------------------------------
+
+    def send(self, request: Request, message: str) -> None:
+        self._write(message)
+
+    def end(self, request: Request, terminal: Terminal) -> None:
+        if self.in_flight.get(request.id) is request:
+            del self.in_flight[request.id]
+        self._write(protocol.terminal(request.id, terminal))
+
+    def _write(self, text: str) -> None:
+        if self.gone:
+            return
+        try:
+            self.write_message(text)
+        except (WebSocketClosedError, StreamClosedError):
+            self.gone = True
+        except StreamBufferFullError:
+            self.daemon.log.warning("slow reader disconnected", client=self.client, in_flight=len(self.in_flight))
+            self.gone = True
+            self.close(SLOW_READER_CLOSE, "too much unread output (server.max_client_buffer_bytes)")
+            self._cancel_in_flight()
+
+    def on_close(self) -> None:
+        self.gone = True
+        if self in self.daemon.connections:
+            self.daemon.connections.discard(self)
+            self.daemon.metrics.connections.dec()
+        self._cancel_in_flight()
+
+    def _cancel_in_flight(self) -> None:
+        for request in list(self.in_flight.values()):
+            request.endpoint.cancel(request, "the client disconnected")
+        self.in_flight.clear()

@@ -1,0 +1,136 @@
+"""Wire messages: parse what clients send, build what the server sends (JSON text).
+
+Pure functions; no I/O. Server messages are built as text so that a result encoded once
+(on the worker thread) is never decoded and encoded again on the loop.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from servd.errors import ErrorCode
+from servd.request import Completed, Failed
+
+MAX_ID_CHARS = 256
+MAX_INT_ID = 2**63
+
+
+@dataclass(slots=True, frozen=True)
+class Submit:
+    id: str | int
+    endpoint: str | None
+    data: Any
+    progress: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Cancel:
+    id: str | int
+
+
+class ProtocolError(Exception):
+    """A client message we can't act on; `id` is the request's id when we could read it."""
+
+    def __init__(self, message: str, id: str | int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.id = id
+
+
+def parse(text: str | bytes) -> Submit | Cancel:
+    """One client message -> Submit or Cancel; raises ProtocolError naming what is wrong.
+
+    Unknown fields are ignored, so newer clients can talk to older servers.
+    """
+    if isinstance(text, bytes):
+        raise ProtocolError("binary frames are not supported; send JSON text")
+    try:
+        message = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError(f"message is not valid JSON: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"message must be a JSON object, got {type(message).__name__}")
+    kind = message.get("type")
+    request_id = _parse_id(message)
+    if kind == "submit":
+        return _submit(message, request_id)
+    if kind == "cancel":
+        return Cancel(request_id)
+    raise ProtocolError(f"'type' must be 'submit' or 'cancel', got {kind!r}", request_id)
+
+
+def _parse_id(message: dict[str, Any]) -> str | int:
+    if "id" not in message:
+        raise ProtocolError("message has no 'id'")
+    value = message["id"]
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ProtocolError(f"'id' must be a string or an integer, got {type(value).__name__}")
+    if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+        raise ProtocolError(f"'id' is {len(value)} characters; at most {MAX_ID_CHARS} are allowed")
+    if isinstance(value, int) and not -MAX_INT_ID <= value < MAX_INT_ID:
+        raise ProtocolError("'id' integer is out of the 64-bit range")
+    return value
+
+
+def _submit(message: dict[str, Any], request_id: str | int) -> Submit:
+    if "data" not in message:
+        raise ProtocolError("submit has no 'data' (send \"data\": null for no input)", request_id)
+    endpoint = message.get("endpoint")
+    if endpoint is not None and not isinstance(endpoint, str):
+        raise ProtocolError("'endpoint' must be a string", request_id)
+    progress = message.get("progress", True)
+    if not isinstance(progress, bool):
+        raise ProtocolError("'progress' must be true or false", request_id)
+    return Submit(request_id, endpoint, message["data"], progress)
+
+
+def encode_id(request_id: str | int | None) -> str:
+    return json.dumps(request_id)
+
+
+def queued(request_id: str | int, rank: int, queue_size: int, eta_s: float | None, kind: str = "queued") -> str:
+    eta = "null" if eta_s is None else f"{eta_s:.3f}"
+    return (
+        f'{{"type":"{kind}","id":{encode_id(request_id)},"rank":{rank},'
+        f'"queue_size":{queue_size},"eta_s":{eta}}}'
+    )
+
+
+def estimation(request_id: str | int, rank: int, queue_size: int, eta_s: float | None) -> str:
+    return queued(request_id, rank, queue_size, eta_s, kind="estimation")
+
+
+def started(request_id: str | int) -> str:
+    return f'{{"type":"started","id":{encode_id(request_id)}}}'
+
+
+def partial(request_id: str | int, data_json: str) -> str:
+    return f'{{"type":"partial","id":{encode_id(request_id)},"data":{data_json}}}'
+
+
+def timing(queue_s: float, run_s: float, batch_size: int) -> str:
+    return f'{{"queue_s":{queue_s:.6f},"run_s":{run_s:.6f},"batch_size":{batch_size}}}'
+
+
+def completed(request_id: str | int, data_json: str, timing_json: str) -> str:
+    return f'{{"type":"completed","id":{encode_id(request_id)},"data":{data_json},"timing":{timing_json}}}'
+
+
+def error(request_id: str | int | None, code: ErrorCode, message: str) -> str:
+    body = json.dumps({"code": code.word, "message": message})
+    return f'{{"type":"error","id":{encode_id(request_id)},"error":{body}}}'
+
+
+def terminal(request_id: str | int, outcome: Completed | Failed) -> str:
+    """The completed or error message that ends a request."""
+    if isinstance(outcome, Completed):
+        return completed(request_id, outcome.data_json, timing(outcome.queue_s, outcome.run_s, outcome.batch_size))
+    return error(request_id, outcome.code, outcome.message)
+
+
+def message_type(message: str) -> str:
+    """The "type" of a server message built here (they all start with {"type":"...")."""
+    start = len('{"type":"')
+    return message[start : message.index('"', start)]

@@ -1,0 +1,91 @@
+"""The request record, and the one place a request ends: `Request.finish` runs once.
+
+Loop thread only. A request is admitted into exactly one endpoint's queue and ends with exactly
+one Terminal, which is handed to its Sink (a websocket connection, an HTTP response or an SSE
+stream). Every later attempt to end it (a late batch result, a timeout racing a cancel) is a
+no-op, which is what makes "exactly one terminal message" hold.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from servd.errors import ErrorCode
+
+
+class State(enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+
+
+@dataclass(slots=True, frozen=True)
+class Completed:
+    """A result: `data_json` is the entrypoint's return value, already JSON-encoded off the loop."""
+
+    data_json: str
+    queue_s: float
+    run_s: float
+    batch_size: int
+
+    @property
+    def outcome(self) -> str:
+        return "completed"
+
+
+@dataclass(slots=True, frozen=True)
+class Failed:
+    code: ErrorCode
+    message: str
+
+    @property
+    def outcome(self) -> str:
+        return self.code.word
+
+
+Terminal = Completed | Failed
+
+
+class Sink(Protocol):
+    """Where a request's messages go. Called on the loop thread; must not block."""
+
+    def send(self, request: Request, message: str) -> None:
+        """A progress message (queued, estimation, started, partial) as JSON text."""
+
+    def end(self, request: Request, terminal: Terminal) -> None:
+        """The request's one terminal outcome."""
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One client request from admission to its terminal message."""
+
+    id: str | int
+    client: str
+    data: Any
+    sink: Sink
+    progress: bool = True
+    admitted_at: float = 0.0
+    deadline: float | None = None
+    state: State = State.QUEUED
+    started_at: float = 0.0
+    last_rank: int = -1
+    terminal: Terminal | None = None
+    endpoint: Any = field(default=None, repr=False)  # the Endpoint that admitted it
+    timer: Any = field(default=None, repr=False)  # loop handle of the timeout
+
+    @property
+    def done(self) -> bool:
+        return self.state is State.DONE
+
+    def finish(self, terminal: Terminal) -> bool:
+        """End the request with `terminal`; False (and nothing sent) if it had already ended."""
+        if self.state is State.DONE:
+            return False
+        self.state = State.DONE
+        self.terminal = terminal
+        self.data = None  # inputs can be large; a finished request keeps none
+        self.sink.end(self, terminal)
+        return True

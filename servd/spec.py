@@ -1,0 +1,172 @@
+"""Frozen, typed settings built from a validated servd.yaml.
+
+After `parse()` nothing downstream sees a dict from the file or re-checks a value. This module
+checks only what the file itself says (schema + cross-field rules); `servd.check` adds the
+checks that import code and probe devices.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import jsonschema
+
+from servd.schema import Located, Problem, SpecError, parse_yaml, validate, with_defaults
+
+__all__ = ["BatchSpec", "EndpointSpec", "LogSpec", "Problem", "QueueSpec", "ServerSpec", "Spec", "SpecError", "parse"]
+
+
+@dataclass(frozen=True)
+class LogSpec:
+    format: str = "auto"
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    host: str = "127.0.0.1"
+    port: int = 8700
+    max_threads: int = 40
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_client_buffer_bytes: int = 64 * 1024 * 1024
+    allowed_origins: tuple[str, ...] = ("*",)
+    tokens_file: Path | None = None
+    drain_timeout_s: float = 30.0
+    torch_threads: int | None = None  # None = auto
+    ping_interval_s: float = 20.0
+    log: LogSpec = field(default_factory=LogSpec)
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    max_size: int | None = None
+    timeout_s: float | None = None
+    max_per_client: int | None = None
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    max_size: int = 4
+    max_delay_ms: float = 5.0
+
+
+@dataclass(frozen=True)
+class EndpointSpec:
+    name: str
+    entrypoint: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    devices: tuple[str, ...] = ("auto",)
+    concurrency: int = 1
+    queue: QueueSpec = field(default_factory=QueueSpec)
+    batch: BatchSpec | None = None
+    api_open: bool = True
+    input_schema: Mapping[str, Any] | None = None
+
+    @property
+    def model_key(self) -> tuple[str, str, tuple[str, ...]]:
+        """What a model instance is made from; a change here means loading a new model."""
+        return (self.entrypoint, repr(sorted(self.options.items())), self.devices)
+
+
+@dataclass(frozen=True)
+class Spec:
+    path: Path
+    server: ServerSpec
+    endpoints: Mapping[str, EndpointSpec]
+    # "endpoints.x.entrypoint" -> "servd.yaml:12:5"; not part of equality, lines move freely.
+    locations: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def where(self, dotted_path: str) -> str:
+        return self.locations.get(dotted_path, f"{self.path.name}:1:1")
+
+
+def parse(path: str | os.PathLike[str]) -> Spec:
+    """Read, validate and freeze a config file; raises SpecError listing every problem."""
+    file = Path(path)
+    try:
+        text = file.read_text("utf-8")
+    except OSError as exc:
+        raise SpecError([Problem(str(file), 1, 1, "", f"cannot read the file: {exc.strerror}")]) from None
+    located = parse_yaml(text, str(file))
+    problems = validate(located)
+    if problems:
+        raise SpecError(problems)
+    data = with_defaults(located.data)
+    problems = _cross_field_problems(data, located)
+    if problems:
+        raise SpecError(problems)
+    return _freeze(data, file, located)
+
+
+def _cross_field_problems(data: dict[str, Any], located: Located) -> list[Problem]:
+    problems = []
+    max_threads = data["server"]["max_threads"]
+    for name, ep in data["endpoints"].items():
+        devices = ep["device"] if isinstance(ep["device"], list) else [ep["device"]]
+        total = ep["concurrency"] * len(devices)
+        if total > max_threads:
+            per = f" ({ep['concurrency']} x {len(devices)} devices)" if len(devices) > 1 else ""
+            problems.append(
+                located.problem(
+                    ("endpoints", name, "concurrency"),
+                    f"{total}{per} calls at once exceed server.max_threads={max_threads}; "
+                    "raise server.max_threads or lower concurrency",
+                )
+            )
+        if ep["input_schema"] is not None:
+            try:
+                jsonschema.Draft202012Validator.check_schema(ep["input_schema"])
+            except jsonschema.SchemaError as exc:
+                problems.append(
+                    located.problem(("endpoints", name, "input_schema"), f"not a valid JSON Schema: {exc.message}")
+                )
+    return problems
+
+
+def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
+    server = dict(data["server"])
+    log = LogSpec(**server.pop("log"))
+    tokens = server.pop("tokens_file")
+    torch_threads = server.pop("torch_threads")
+    server_spec = ServerSpec(
+        host=server["host"],
+        port=server["port"],
+        max_threads=server["max_threads"],
+        max_message_bytes=server["max_message_bytes"],
+        max_client_buffer_bytes=server["max_client_buffer_bytes"],
+        allowed_origins=tuple(server["allowed_origins"]),
+        tokens_file=(file.parent / tokens).resolve() if tokens else None,
+        drain_timeout_s=float(server["drain_timeout_s"]),
+        torch_threads=None if torch_threads == "auto" else torch_threads,
+        ping_interval_s=float(server["ping_interval_s"]),
+        log=log,
+    )
+    endpoints = {name: _endpoint(name, ep) for name, ep in data["endpoints"].items()}
+    locations = {".".join(str(p) for p in path): f"{file}:{line}:{col}" for path, (line, col) in located.marks.items()}
+    return Spec(
+        path=file.resolve(),
+        server=server_spec,
+        endpoints=MappingProxyType(endpoints),
+        locations=MappingProxyType(locations),
+    )
+
+
+def _endpoint(name: str, ep: dict[str, Any]) -> EndpointSpec:
+    device = ep["device"]
+    batch = ep["batch"]
+    return EndpointSpec(
+        name=name,
+        entrypoint=ep["entrypoint"],
+        options=MappingProxyType(dict(ep["options"])),
+        devices=tuple(device) if isinstance(device, list) else (device,),
+        concurrency=ep["concurrency"],
+        queue=QueueSpec(**ep["queue"]),
+        batch=BatchSpec(max_size=batch["max_size"], max_delay_ms=float(batch["max_delay_ms"])) if batch else None,
+        api_open=ep["api_open"],
+        input_schema=MappingProxyType(ep["input_schema"]) if ep["input_schema"] is not None else None,
+    )

@@ -1,0 +1,196 @@
+"""Entrypoints run here, on the shared pool; nothing here touches a queue or a request.
+
+A Job is "run these inputs on this model, tell me when it's done". The endpoint hands jobs to
+a Runner and hears back on the loop thread (IOLoop.add_callback). LocalRunner, the thread
+pool, is the first Runner; a cluster runner (Ray actors) can take its place behind the same
+interface (DESIGN.md §8).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from tornado.ioloop import IOLoop
+
+from servd.devices import is_oom, loaded_torch
+from servd.entrypoints import Model
+
+
+class BatchContractError(Exception):
+    """A batched entrypoint broke its contract (not a list, wrong length): no input is to blame."""
+
+
+@dataclass(slots=True)
+class Outcome:
+    """One input's result: JSON text, or the exception that ended it."""
+
+    data_json: str | None = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class BatchResult:
+    outcomes: list[Outcome]
+    run_s: float
+    oom_sizes: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    model: Model
+    inputs: list[Any]
+    batched: bool
+    on_partial: Callable[[int, list[str]], None]  # (offset, JSON texts); called on the loop
+    on_done: Callable[[BatchResult], None]  # called on the loop
+    is_wanted: Callable[[], bool]  # read from the worker: False once every request ended
+
+
+class Runner(Protocol):
+    def run(self, job: Job) -> None:
+        """Start `job` on some slot; `job.on_done` is called exactly once, on the loop."""
+
+    def resize(self, max_threads: int) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class LocalRunner:
+    """The shared ThreadPoolExecutor of `server.max_threads` threads."""
+
+    def __init__(self, max_threads: int, loop: IOLoop) -> None:
+        self._loop = loop
+        self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="servd-worker")
+        self.max_threads = max_threads
+
+    def run(self, job: Job) -> None:
+        self._pool.submit(self._work, job)
+
+    def resize(self, max_threads: int) -> None:
+        """New jobs go to a pool of the new size; the old one finishes what it runs, then exits."""
+        if max_threads != self.max_threads:
+            old, self._pool = self._pool, ThreadPoolExecutor(max_threads, thread_name_prefix="servd-worker")
+            self.max_threads = max_threads
+            old.shutdown(wait=False)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=False)
+
+    def _work(self, job: Job) -> None:
+        try:
+            result = execute(job, lambda offset, texts: self._loop.add_callback(job.on_partial, offset, texts))
+        except BaseException as exc:  # noqa: BLE001 - the loop must hear back whatever happened
+            result = BatchResult([Outcome(error=exc) for _ in job.inputs], 0.0)
+        self._loop.add_callback(job.on_done, result)
+
+
+def execute(job: Job, emit: Callable[[int, list[str]], None]) -> BatchResult:
+    """Run a job's inputs, isolating failures: a failed batch is retried in halves."""
+    started = time.perf_counter()
+    oom_sizes: list[int] = []
+    with _inference_mode():
+        outcomes = _run_isolating(job, job.inputs, 0, emit, oom_sizes)
+    return BatchResult(outcomes, time.perf_counter() - started, oom_sizes)
+
+
+def _run_isolating(
+    job: Job, inputs: list[Any], offset: int, emit: Callable[[int, list[str]], None], oom_sizes: list[int]
+) -> list[Outcome]:
+    streamed = [False]
+
+    def tracked_emit(at: int, texts: list[str]) -> None:
+        streamed[0] = True
+        emit(at, texts)
+
+    try:
+        return _call(job, inputs, offset, tracked_emit)
+    except Exception as exc:
+        if len(inputs) == 1 or streamed[0] or isinstance(exc, BatchContractError):
+            return [Outcome(error=exc) for _ in inputs]
+        if is_oom(exc):
+            oom_sizes.append(len(inputs))
+        middle = len(inputs) // 2
+        left = _run_isolating(job, inputs[:middle], offset, emit, oom_sizes)
+        return left + _run_isolating(job, inputs[middle:], offset + middle, emit, oom_sizes)
+
+
+def _call(job: Job, inputs: list[Any], offset: int, emit: Callable[[int, list[str]], None]) -> list[Outcome]:
+    if not job.is_wanted():
+        return [Outcome(error=CancelledBeforeStart()) for _ in inputs]
+    model = job.model
+    if not job.batched:
+        value = model.call(inputs[0])
+        if model.streams:
+            return [_last_of_stream(value, offset, emit, job)]
+        return [_encode(value)]
+    values = model.call(list(inputs))
+    if model.streams:
+        return _batched_stream(values, len(inputs), offset, emit, job)
+    return [_encode(v) for v in _checked_batch(values, len(inputs))]
+
+
+class CancelledBeforeStart(Exception):
+    """Every request of the job ended before its call began, so the call was skipped."""
+
+
+def _last_of_stream(stream: Iterator[Any], offset: int, emit: Callable[[int, list[str]], None], job: Job) -> Outcome:
+    last = Outcome(data_json="null")
+    with contextlib.closing(stream):
+        for value in stream:
+            last = _encode(value)
+            if last.error is not None:
+                return last
+            assert last.data_json is not None
+            emit(offset, [last.data_json])
+            if not job.is_wanted():
+                break
+    return last
+
+
+def _batched_stream(
+    stream: Iterator[Any], size: int, offset: int, emit: Callable[[int, list[str]], None], job: Job
+) -> list[Outcome]:
+    last = [Outcome(data_json="null") for _ in range(size)]
+    with contextlib.closing(stream):
+        for values in stream:
+            last = [_encode(v) for v in _checked_batch(values, size)]
+            emit(offset, [o.data_json if o.data_json is not None else "null" for o in last])
+            if not job.is_wanted():
+                break
+    return last
+
+
+def _checked_batch(values: Any, size: int) -> list[Any]:
+    if not isinstance(values, (list, tuple)):
+        raise BatchContractError(
+            f"a batched entrypoint must return a list of {size} results (one per input), got {type(values).__name__}"
+        )
+    if len(values) != size:
+        raise BatchContractError(f"a batched entrypoint must return one result per input: expected {size}, got {len(values)}")
+    return list(values)
+
+
+def _encode(value: Any) -> Outcome:
+    try:
+        return Outcome(data_json=json.dumps(value, separators=(",", ":"), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        return Outcome(error=NotJSON(f"the entrypoint returned a value that is not JSON: {exc}"))
+
+
+class NotJSON(TypeError):
+    """The entrypoint returned something json.dumps can't encode (a tensor, a set, NaN)."""
+
+
+@contextlib.contextmanager
+def _inference_mode() -> Iterator[None]:
+    torch = loaded_torch()
+    if torch is None:
+        yield
+        return
+    with torch.inference_mode():
+        yield
