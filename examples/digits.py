@@ -72,4 +72,5 @@ class Classifier:
         batch = torch.tensor(images, dtype=torch.float32, device=self.device).reshape(len(images), INPUTS) / 16.0
         probs = torch.softmax(self.model(batch), dim=1)
         confidence, label = probs.max(dim=1)
-        return [{"label": int(lab), "confidence": round(float(c), 4)} for lab, c in zip(label.tolist(), confidence.tolist())]
+        pairs = zip(label.tolist(), confidence.tolist(), strict=True)
+        return [{"label": int(lab), "confidence": round(float(c), 4)} for lab, c in pairs]

@@ -6,6 +6,8 @@ and what the benchmark calls in-process, so both pay the same list-to-tensor con
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import nn
 
@@ -16,7 +18,7 @@ class MLP:
     def __init__(self, device: str = "cpu", seed: int = 0) -> None:
         torch.manual_seed(seed)
         layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(SIZES, SIZES[1:])):
+        for i, (a, b) in enumerate(itertools.pairwise(SIZES)):
             layers.append(nn.Linear(a, b))
             if i < len(SIZES) - 2:
                 layers.append(nn.ReLU())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING
 
-from tornado.web import Application
+from tornado.web import Application, RequestHandler
 
 from servd.handlers import ops
 from servd.handlers.base import NotFound
@@ -39,4 +40,17 @@ def make_app(daemon: Daemon) -> Application:
         websocket_ping_timeout=server.ping_interval_s,
         websocket_max_message_size=server.max_message_bytes * HARD_FRAME_FACTOR,
         compress_response=False,
+        log_function=functools.partial(_access_log, daemon),
     )
+
+
+def _access_log(daemon: Daemon, handler: RequestHandler) -> None:
+    """Tornado's access line as a structlog event: debug for success, warning for 5xx.
+
+    Request outcomes are already logged once each as "request" events, so the HTTP line is
+    detail, not news.
+    """
+    status = handler.get_status()
+    log = daemon.log.warning if status >= 500 else daemon.log.debug
+    log("http", method=handler.request.method, path=handler.request.path, status=status,
+        ms=round(1000 * handler.request.request_time(), 3))  # fmt: skip

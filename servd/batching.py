@@ -19,7 +19,9 @@ class WaitUntil:
     when: float
 
 
-def decide(waiting: int, max_size: int, oldest_admitted_at: float, max_delay_s: float, now: float) -> RunNow | WaitUntil | None:
+def decide(
+    waiting: int, max_size: int, oldest_admitted_at: float, max_delay_s: float, now: float
+) -> RunNow | WaitUntil | None:
     """What a free worker slot should do with `waiting` queued requests.
 
     A full batch runs at once; a partial one runs once the oldest request has waited

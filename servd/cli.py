@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("file", help="path to servd.yaml")
     run.add_argument("--host", help="listen address (overrides server.host)")
     run.add_argument("--port", type=int, help="listen port (overrides server.port; 0 = any free port)")
-    check = commands.add_parser("check", help="check a config file fully (schema, entrypoints, devices); exit 1 on errors")
+    check = commands.add_parser(
+        "check", help="check a config file fully (schema, entrypoints, devices); exit 1 on errors"
+    )
     check.add_argument("file", help="path to servd.yaml")
     commands.add_parser("schema", help="print the JSON Schema of servd.yaml")
     return parser
@@ -75,9 +77,9 @@ def _run(file: str, host: str | None, port: int | None) -> int:
     except SpecError as exc:
         _print_problems(exc)
         return 1
-    overrides = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    if overrides:
-        spec = dataclasses.replace(spec, server=dataclasses.replace(spec.server, **overrides))
+    server = spec.server
+    server = dataclasses.replace(server, host=host or server.host, port=server.port if port is None else port)
+    spec = dataclasses.replace(spec, server=server)
     try:
         return asyncio.run(_serve(spec))
     except OSError as exc:
@@ -124,6 +126,9 @@ def _start_watchdog() -> PeriodicCallback | None:
     interval = systemd.watchdog_interval_s()
     if interval is None:
         return None
-    callback = PeriodicCallback(systemd.watchdog, interval * 1000)
+    def ping() -> None:
+        systemd.watchdog()
+
+    callback = PeriodicCallback(ping, interval * 1000)
     callback.start()
     return callback

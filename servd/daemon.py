@@ -95,7 +95,9 @@ class Daemon:
         for device in devices.resolve(spec.devices):
             started = time.perf_counter()
             model = await self.loop.run_in_executor(None, entry.instantiate, device, spec.options)
-            self.log.info("model loaded", endpoint=spec.name, device=device, load_s=round(time.perf_counter() - started, 3))
+            self.log.info(
+                "model loaded", endpoint=spec.name, device=device, load_s=round(time.perf_counter() - started, 3)
+            )
             models.append(model)
         return models
 
@@ -118,7 +120,10 @@ class Daemon:
 
     def _apply_torch_threads(self) -> None:
         cpu_calls = sum(
-            e.spec.concurrency for e in self.endpoints.values() for i in e.instances if i.model.device == "cpu"
+            e.spec.concurrency
+            for e in self.endpoints.values()
+            for i in e.instances
+            if i.model.device == "cpu" and i.model.uses_torch
         )
         threads = devices.torch_threads_for(cpu_calls, self.spec.server.torch_threads)
         if devices.loaded_torch() is not None:
@@ -187,7 +192,8 @@ class Daemon:
             "last_reload": self.last_reload,
             "restart_needed": self.restart_needed,
             "endpoints": sorted(self.endpoints),
-            "server": dataclasses.asdict(self.spec.server) | {"tokens_file": _str_or_none(self.spec.server.tokens_file)},
+            "server": dataclasses.asdict(self.spec.server)
+            | {"tokens_file": _str_or_none(self.spec.server.tokens_file)},
         }
 
     def status_line(self) -> str:

@@ -40,7 +40,9 @@ def _resolve_one(name: str) -> str:
         raise DeviceError(f"device {name!r} needs torch, and the entrypoint does not import torch")
     if name == "mps":
         if not _mps_available(torch):
-            raise DeviceError("device 'mps' is not available on this machine (torch.backends.mps.is_available() is False)")
+            raise DeviceError(
+                "device 'mps' is not available on this machine (torch.backends.mps.is_available() is False)"
+            )
         return "mps"
     index = int(name.partition(":")[2] or 0)
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0

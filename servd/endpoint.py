@@ -147,7 +147,9 @@ class Endpoint:
         where = "waiting in the queue" if request.state is State.QUEUED else "running"
         if request.state is State.QUEUED and self.queue.remove(request):
             self._schedule_broadcast()
-        self.finish(request, Failed(ErrorCode.TIMEOUT, f"queue.timeout_s={self.spec.queue.timeout_s} passed while {where}"))
+        self.finish(
+            request, Failed(ErrorCode.TIMEOUT, f"queue.timeout_s={self.spec.queue.timeout_s} passed while {where}")
+        )
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -171,7 +173,11 @@ class Endpoint:
             return 1
         now = self.loop.time()
         decision = batching.decide(
-            len(self.queue), self.working_batch_size, self.queue.oldest().admitted_at, self.spec.batch.max_delay_ms / 1000, now
+            len(self.queue),
+            self.working_batch_size,
+            self.queue.oldest().admitted_at,
+            self.spec.batch.max_delay_ms / 1000,
+            now,
         )
         if isinstance(decision, batching.WaitUntil):
             self._arm_wake(decision.when)
@@ -191,12 +197,8 @@ class Endpoint:
         self._pump()
 
     def _free_instance(self) -> Instance | None:
-        best = None
-        for instance in self.instances:
-            if not instance.retired and instance.running < self.spec.concurrency:
-                if best is None or instance.running < best.running:
-                    best = instance
-        return best
+        free = [i for i in self.instances if not i.retired and i.running < self.spec.concurrency]
+        return min(free, key=lambda i: i.running) if free else None
 
     def _launch(self, instance: Instance, requests: list[Request]) -> None:
         now = self.loop.time()
@@ -219,7 +221,7 @@ class Endpoint:
         self.runner.run(job)
 
     def _on_partial(self, batch: Batch, offset: int, texts: list[str]) -> None:
-        for request, text in zip(batch.requests[offset:], texts):
+        for request, text in zip(batch.requests[offset:], texts, strict=False):
             if request.progress and request.state is State.RUNNING:
                 request.sink.send(request, protocol.partial(request.id, text))
 
@@ -233,7 +235,7 @@ class Endpoint:
             self.metrics.batch_size.observe(size)
         if result.oom_sizes:
             self._lower_batch_size(min(result.oom_sizes))
-        for request, outcome in zip(batch.requests, result.outcomes):
+        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
             if outcome.error is None:
                 assert outcome.data_json is not None
                 queue_s = request.started_at - request.admitted_at
@@ -404,8 +406,14 @@ class Endpoint:
             "entrypoint": spec.entrypoint,
             "devices": [i.model.device for i in self.instances if not i.retired],
             "concurrency": spec.concurrency,
-            "queue": {"max_size": spec.queue.max_size, "timeout_s": spec.queue.timeout_s, "max_per_client": spec.queue.max_per_client},
-            "batch": None if spec.batch is None else {"max_size": spec.batch.max_size, "max_delay_ms": spec.batch.max_delay_ms},
+            "queue": {
+                "max_size": spec.queue.max_size,
+                "timeout_s": spec.queue.timeout_s,
+                "max_per_client": spec.queue.max_per_client,
+            },
+            "batch": None
+            if spec.batch is None
+            else {"max_size": spec.batch.max_size, "max_delay_ms": spec.batch.max_delay_ms},
             "api_open": spec.api_open,
             "input_schema": None if spec.input_schema is None else dict(spec.input_schema),
             "accepting": self.accepting,

@@ -7,6 +7,7 @@ servd.yaml imports whatever directory the daemon was started from.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import inspect
 import sys
@@ -30,13 +31,14 @@ class Entrypoint:
     is_class: bool
     streams: bool
     accepts_device: bool
+    uses_torch: bool = False
 
     def instantiate(self, device: str, options: Mapping[str, Any]) -> Model:
         """One model for `device`: a class is constructed here (this may load weights)."""
         if not self.is_class:
             if options:
                 raise EntrypointError(f"{self.ref} is a function; 'options' only apply to class entrypoints")
-            return Model(self.target, device, self.streams)
+            return Model(self.target, device, self.streams, uses_torch=self.uses_torch)
         kwargs = dict(options)
         if self.accepts_device:
             kwargs["device"] = device
@@ -44,7 +46,7 @@ class Entrypoint:
             instance = self.target(**kwargs)
         except Exception as exc:
             raise EntrypointError(f"{self.ref}({_kwargs_text(kwargs)}) raised {type(exc).__name__}: {exc}") from exc
-        return Model(instance, device, self.streams, close=getattr(instance, "close", None))
+        return Model(instance, device, self.streams, close=getattr(instance, "close", None), uses_torch=self.uses_torch)
 
 
 @dataclass(eq=False)
@@ -55,6 +57,7 @@ class Model:
     device: str
     streams: bool
     close: Callable[[], Any] | None = field(default=None)
+    uses_torch: bool = False
 
 
 _imported_mtime: dict[str, float] = {}
@@ -72,7 +75,13 @@ def resolve(ref: str, search_dir: Path | None = None, *, fresh: bool = False) ->
             target = getattr(target, part)
         except AttributeError:
             raise EntrypointError(f"{ref}: module {module_name!r} has no attribute {attr_path!r}") from None
-    return _classify(ref, target)
+    entry = _classify(ref, target)
+    return dataclasses.replace(entry, uses_torch=_imports_torch(module))
+
+
+def _imports_torch(module: ModuleType) -> bool:
+    """Whether the entrypoint's module uses torch (it names torch or a torch submodule)."""
+    return any(isinstance(v, ModuleType) and v.__name__.split(".")[0] == "torch" for v in vars(module).values())
 
 
 def _import(module_name: str, ref: str, fresh: bool) -> ModuleType:

@@ -21,7 +21,9 @@ def configure(spec: LogSpec, stream: TextIO | None = None) -> None:
     """(Re)configure structlog; safe to call again on reload to change the level live."""
     out = stream or sys.stderr
     as_json = spec.format == "json" or (spec.format == "auto" and not out.isatty())
-    renderer: Any = structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    renderer: Any = (
+        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
+    )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,

@@ -92,10 +92,7 @@ def encode_id(request_id: str | int | None) -> str:
 
 def queued(request_id: str | int, rank: int, queue_size: int, eta_s: float | None, kind: str = "queued") -> str:
     eta = "null" if eta_s is None else f"{eta_s:.3f}"
-    return (
-        f'{{"type":"{kind}","id":{encode_id(request_id)},"rank":{rank},'
-        f'"queue_size":{queue_size},"eta_s":{eta}}}'
-    )
+    return f'{{"type":"{kind}","id":{encode_id(request_id)},"rank":{rank},"queue_size":{queue_size},"eta_s":{eta}}}'
 
 
 def estimation(request_id: str | int, rank: int, queue_size: int, eta_s: float | None) -> str:

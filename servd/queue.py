@@ -34,7 +34,8 @@ class RequestQueue:
         per_client = self.limits.max_per_client
         if per_client is not None and self._per_client.get(client, 0) >= per_client:
             raise ServdError(
-                ErrorCode.CLIENT_LIMIT, f"queue.max_per_client={per_client} reached: this client already has {per_client} waiting"
+                ErrorCode.CLIENT_LIMIT,
+                f"queue.max_per_client={per_client} reached: this client already has {per_client} waiting",
             )
 
     def push(self, request: Request) -> int:

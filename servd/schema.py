@@ -110,13 +110,13 @@ def _to_python(
                 problems.append(Problem(file, *here, dotted(path), f"key {key!r} must be a string"))
                 continue
             if key in out:
-                problems.append(Problem(file, *here, dotted(path + (key,)), "duplicate key"))
+                problems.append(Problem(file, *here, dotted((*path, key)), "duplicate key"))
                 continue
-            marks[path + (key,)] = here
-            out[key] = _to_python(value_node, path + (key,), marks, problems, file)
+            marks[(*path, key)] = here
+            out[key] = _to_python(value_node, (*path, key), marks, problems, file)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, path + (i,), marks, problems, file) for i, item in enumerate(node.value)]
+        return [_to_python(item, (*path, i), marks, problems, file) for i, item in enumerate(node.value)]
     return _scalar(node)
 
 
@@ -156,13 +156,14 @@ def _message(error: jsonschema.ValidationError) -> str:
         return f"{error.message}{hint}"
     if error.validator == "oneOf" and isinstance(error.instance, (str, int, float)):
         return f"{error.instance!r} is not valid here; see the schema's description of this key"
-    return error.message
+    return str(error.message)
 
 
 def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
     """A copy of valid config data with every omitted key set to the schema's default."""
     schema = load_schema()
-    return _fill(copy.deepcopy(data), schema, schema)
+    filled: dict[str, Any] = _fill(copy.deepcopy(data), schema, schema)
+    return filled
 
 
 def _fill(value: Any, node: dict[str, Any], root: dict[str, Any]) -> Any:

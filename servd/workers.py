@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -109,7 +109,7 @@ def _run_isolating(
 
     try:
         return _call(job, inputs, offset, tracked_emit)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever user code raises is isolated and reported
         if len(inputs) == 1 or streamed[0] or isinstance(exc, BatchContractError):
             return [Outcome(error=exc) for _ in inputs]
         if is_oom(exc):
@@ -138,7 +138,9 @@ class CancelledBeforeStart(Exception):
     """Every request of the job ended before its call began, so the call was skipped."""
 
 
-def _last_of_stream(stream: Iterator[Any], offset: int, emit: Callable[[int, list[str]], None], job: Job) -> Outcome:
+def _last_of_stream(
+    stream: Generator[Any, None, None], offset: int, emit: Callable[[int, list[str]], None], job: Job
+) -> Outcome:
     last = Outcome(data_json="null")
     with contextlib.closing(stream):
         for value in stream:
@@ -153,7 +155,7 @@ def _last_of_stream(stream: Iterator[Any], offset: int, emit: Callable[[int, lis
 
 
 def _batched_stream(
-    stream: Iterator[Any], size: int, offset: int, emit: Callable[[int, list[str]], None], job: Job
+    stream: Generator[Any, None, None], size: int, offset: int, emit: Callable[[int, list[str]], None], job: Job
 ) -> list[Outcome]:
     last = [Outcome(data_json="null") for _ in range(size)]
     with contextlib.closing(stream):
@@ -171,7 +173,9 @@ def _checked_batch(values: Any, size: int) -> list[Any]:
             f"a batched entrypoint must return a list of {size} results (one per input), got {type(values).__name__}"
         )
     if len(values) != size:
-        raise BatchContractError(f"a batched entrypoint must return one result per input: expected {size}, got {len(values)}")
+        raise BatchContractError(
+            f"a batched entrypoint must return one result per input: expected {size}, got {len(values)}"
+        )
     return list(values)
 
 

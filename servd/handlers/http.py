@@ -22,7 +22,7 @@ from servd.request import Completed, Request, Terminal
 
 @stream_request_body
 class EndpointHTTP(JSONHandler):
-    def initialize(self, daemon: Any) -> None:  # type: ignore[override]
+    def initialize(self, daemon: Any) -> None:
         super().initialize(daemon)
         self.body = bytearray()
         self.too_large = False
@@ -80,7 +80,9 @@ class EndpointHTTP(JSONHandler):
         data = self._data()
         self.streaming = "text/event-stream" in self.request.headers.get("Accept", "")
         self.outcome = asyncio.get_running_loop().create_future()
-        request = Request(self.daemon.next_http_id(), auth.client_key(self.request, token), data, self, progress=self.streaming)
+        request = Request(
+            self.daemon.next_http_id(), auth.client_key(self.request, token), data, self, progress=self.streaming
+        )
         if self.streaming:
             self._start_stream()
         self.daemon.admit(name, request)
@@ -135,7 +137,9 @@ class EndpointHTTP(JSONHandler):
 
     def end(self, request: Request, terminal: Terminal) -> None:
         if self.streaming and not self._finished:
-            self._event("completed" if isinstance(terminal, Completed) else "error", protocol.terminal(request.id, terminal))
+            self._event(
+                "completed" if isinstance(terminal, Completed) else "error", protocol.terminal(request.id, terminal)
+            )
             self.finish()
         if self.outcome is not None and not self.outcome.done():
             self.outcome.set_result(terminal)

@@ -37,7 +37,9 @@ class QueueSocket(WebSocketHandler):
         """Refuse before the upgrade: wrong token (401), unknown endpoint (404)."""
         token = auth.presented_token(self.request)
         if not auth.is_valid(token, self.daemon.tokens):
-            return self._refuse(ErrorCode.UNAUTHORIZED, "a valid bearer token is required (Authorization: Bearer <token> or ?token=)")
+            return self._refuse(
+                ErrorCode.UNAUTHORIZED, "a valid bearer token is required (Authorization: Bearer <token> or ?token=)"
+            )
         name = kwargs.get("name")
         if name is not None and name not in self.daemon.endpoints:
             return self._refuse(ErrorCode.UNKNOWN_ENDPOINT, f"no endpoint {name!r}")
@@ -64,7 +66,11 @@ class QueueSocket(WebSocketHandler):
     def on_message(self, message: str | bytes) -> None:
         limit = self.daemon.spec.server.max_message_bytes
         if len(message) > limit:
-            self._write(protocol.error(None, ErrorCode.TOO_LARGE, f"message is {len(message)} bytes; server.max_message_bytes={limit}"))
+            self._write(
+                protocol.error(
+                    None, ErrorCode.TOO_LARGE, f"message is {len(message)} bytes; server.max_message_bytes={limit}"
+                )
+            )
             return
         try:
             parsed = protocol.parse(message)
@@ -80,7 +86,9 @@ class QueueSocket(WebSocketHandler):
 
     def _submit(self, submit: protocol.Submit) -> None:
         if submit.id in self.in_flight:
-            self._write(protocol.error(None, ErrorCode.BAD_REQUEST, f"id {submit.id!r} is already in flight on this connection"))
+            self._write(
+                protocol.error(None, ErrorCode.BAD_REQUEST, f"id {submit.id!r} is already in flight on this connection")
+            )
             return
         name = self.fixed_endpoint or submit.endpoint
         if name is None:

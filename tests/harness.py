@@ -1,0 +1,197 @@
+"""Run the real daemon in-process on an ephemeral port and talk to it as a client would.
+
+    async with serve(tmp_path, CONFIG) as d:
+        ws = await d.ws()
+        await ws.send({"type": "submit", "id": 1, "endpoint": "echo", "data": 5})
+        done = await ws.terminal(1)
+
+`serve` writes the YAML next to the tests' working directory, loads it exactly as `servd run`
+does (`load_checked`), binds 127.0.0.1:0 and starts a `Daemon`. On exit it shuts the daemon
+down and fails the test if the daemon logged an unexpected error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from tornado.netutil import bind_sockets
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from servd.check import load_checked
+from servd.daemon import Daemon
+
+TERMINAL = ("completed", "error")
+WAIT_S = 20.0  # generous: tests must not depend on timing
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: Any
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class WsClient:
+    """A websocket client that keeps every message it receives, grouped by request id."""
+
+    def __init__(self, conn: WebSocketClientConnection) -> None:
+        self.conn = conn
+        self.messages: list[dict[str, Any]] = []
+        self._arrived = asyncio.Event()
+        self.closed = False
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            text = await self.conn.read_message()
+            if text is None:
+                self.closed = True
+                self._arrived.set()
+                return
+            self.messages.append(json.loads(text))
+            self._arrived.set()
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        payload = message if isinstance(message, (str, bytes)) else json.dumps(message)
+        await self.conn.write_message(payload, binary=isinstance(payload, bytes))
+
+    async def submit(self, id: Any, endpoint: str | None, data: Any, **extra: Any) -> None:
+        message = {"type": "submit", "id": id, "data": data, **extra}
+        if endpoint is not None:
+            message["endpoint"] = endpoint
+        await self.send(message)
+
+    def of(self, id: Any) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m.get("id") == id]
+
+    def terminals(self) -> list[dict[str, Any]]:
+        return [m for m in self.messages if m["type"] in TERMINAL]
+
+    async def wait_for(self, predicate: Any, timeout: float = WAIT_S) -> dict[str, Any]:
+        """The first message (already received or future) that satisfies `predicate`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        seen = 0
+        while True:
+            for message in self.messages[seen:]:
+                if predicate(message):
+                    return message
+            seen = len(self.messages)
+            if self.closed:
+                raise AssertionError(f"socket closed while waiting; got {self.messages[-5:]}")
+            self._arrived.clear()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise AssertionError(f"timed out waiting; last messages: {self.messages[-5:]}")
+            with suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+
+    async def terminal(self, id: Any, timeout: float = WAIT_S) -> dict[str, Any]:
+        return await self.wait_for(lambda m: m.get("id") == id and m["type"] in TERMINAL, timeout)
+
+    async def wait_closed(self, timeout: float = WAIT_S) -> None:
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@dataclass
+class Running:
+    daemon: Daemon
+    config_path: Path
+    logs: io.StringIO
+    clients: list[WsClient] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.daemon.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.daemon.port}"
+
+    async def ws(self, path: str = "/v1/ws", headers: dict[str, str] | None = None) -> WsClient:
+        request = HTTPRequest(self.ws_url + path, headers=headers or {})
+        client = WsClient(await websocket_connect(request))
+        self.clients.append(client)
+        return client
+
+    async def http(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        raw: bytes | None = None,
+        timeout: float = WAIT_S,
+    ) -> Reply:
+        if raw is None and body is not None:
+            raw = json.dumps(body).encode()
+        if raw is None and method == "POST":
+            raw = b""
+        request = HTTPRequest(
+            self.url + path,
+            method=method,
+            body=raw,
+            headers=headers or {},
+            request_timeout=timeout,
+            allow_nonstandard_methods=True,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request)
+        except HTTPClientError as exc:
+            if exc.response is None:
+                raise
+            response = exc.response
+        return Reply(response.code, response.headers, response.body or b"")
+
+    async def post(self, endpoint: str, data: Any, **kwargs: Any) -> Reply:
+        return await self.http("POST", f"/v1/endpoints/{endpoint}", {"data": data}, **kwargs)
+
+    def log_events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.logs.getvalue().splitlines() if line.startswith("{")]
+
+    def errors_logged(self) -> list[dict[str, Any]]:
+        return [e for e in self.log_events() if e.get("level") in ("error", "critical")]
+
+
+def write_config(directory: Path, text: str, name: str = "servd.yaml") -> Path:
+    path = directory / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+@asynccontextmanager
+async def serve(
+    directory: Path, config: str, *, expect_errors: bool = False, start: bool = True
+) -> AsyncIterator[Running]:
+    """Start the daemon on the config text; shut it down (draining) afterwards."""
+    path = write_config(directory, config)
+    spec = load_checked(path)
+    logs = io.StringIO()
+    daemon = Daemon(spec, log_stream=logs)
+    running = Running(daemon, path, logs)
+    sockets = bind_sockets(0, "127.0.0.1")
+    try:
+        if start:
+            await daemon.start(sockets)
+        yield running
+    finally:
+        for client in running.clients:
+            client.close()
+        await daemon.shutdown()
+    if not expect_errors:
+        assert running.errors_logged() == [], f"unexpected error logs: {running.errors_logged()}"
