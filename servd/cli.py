@@ -101,8 +101,7 @@ async def _serve(spec: Spec) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_stop_signal, signum)
-    if hasattr(daemon, "request_reload"):
-        loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
+    loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     try:
         await daemon.start()
     except Exception as exc:  # noqa: BLE001 - report any failed model load and exit non-zero
@@ -126,6 +125,7 @@ def _start_watchdog() -> PeriodicCallback | None:
     interval = systemd.watchdog_interval_s()
     if interval is None:
         return None
+
     def ping() -> None:
         systemd.watchdog()
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import itertools
 import socket
 import time
+from pathlib import Path
 from typing import Any, TextIO
 
 from tornado.httpserver import HTTPServer
@@ -19,12 +21,15 @@ from tornado.netutil import bind_sockets
 
 from servd import __version__, auth, devices, entrypoints, logs, systemd
 from servd.app import HARD_FRAME_FACTOR, make_app
+from servd.check import load_checked
 from servd.endpoint import Endpoint
 from servd.entrypoints import Model
 from servd.errors import ErrorCode, ServdError
 from servd.metrics import Metrics
+from servd.reload import Plan, plan
 from servd.request import Request
-from servd.spec import EndpointSpec, Spec
+from servd.spec import EndpointSpec, Spec, SpecError
+from servd.watch import ConfigWatcher
 from servd.workers import LocalRunner, Runner
 
 
@@ -39,6 +44,7 @@ class Daemon:
         self.runner: Runner = runner or LocalRunner(spec.server.max_threads, self.loop)
         self.tokens = auth.read_tokens(spec.server.tokens_file)
         self.endpoints: dict[str, Endpoint] = {}
+        self.retiring: dict[str, Endpoint] = {}  # removed by a reload, finishing what they admitted
         self.connections: set[Any] = set()
         self.ready = False
         self.shutting_down = False
@@ -49,11 +55,16 @@ class Daemon:
         self.sockets: list[socket.socket] = []
         self._server: HTTPServer | None = None
         self._http_ids = itertools.count(1)
+        self._watcher: ConfigWatcher | None = None
+        self._config_digest = _digest(spec.path)
+        self._reload_task: asyncio.Future[None] | None = None
+        self._reload_again = False
+        self._background: set[asyncio.Future[None]] = set()
         self.metrics.generation.set(self.generation)
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+    async def start(self, sockets: list[socket.socket] | None = None, *, watch: bool = True) -> None:
         """Listen, load every endpoint's models (off the loop), then report ready.
 
         Requests that arrive while models load are queued, not refused.
@@ -75,6 +86,9 @@ class Daemon:
                 endpoint.end_all(ErrorCode.UNAVAILABLE, "the daemon failed to start")
             raise
         self._apply_torch_threads()
+        if watch:
+            self._watcher = ConfigWatcher(self.spec.path, self.loop, self._config_touched)
+            self._watcher.start()
         self.ready = True
         self.log.info("ready", endpoints=sorted(self.endpoints))
         systemd.ready(self.status_line())
@@ -135,21 +149,24 @@ class Daemon:
         if self.shutting_down:
             return
         self.shutting_down = True
+        if self._watcher is not None:
+            self._watcher.stop()
         timeout = self.spec.server.drain_timeout_s
         pending = sum(len(e.queue) + e.running_count() for e in self.endpoints.values())
         self.log.info("draining", admitted=pending, drain_timeout_s=timeout)
         systemd.stopping(f"draining {pending} requests")
         for endpoint in self.endpoints.values():
             endpoint.accepting = False
-        waits = [asyncio.ensure_future(e.wait_idle()) for e in self.endpoints.values()]
+        everything = [*self.endpoints.values(), *self.retiring.values()]
+        waits = [asyncio.ensure_future(e.wait_idle()) for e in everything]
         if waits:
             _, unfinished = await asyncio.wait(waits, timeout=timeout)
             for waiter in unfinished:
                 waiter.cancel()
-        ended = sum(e.end_all(ErrorCode.UNAVAILABLE, "the daemon is shutting down") for e in self.endpoints.values())
+        ended = sum(e.end_all(ErrorCode.UNAVAILABLE, "the daemon is shutting down") for e in everything)
         self.log.info("drained", ended_unavailable=ended)
         await self._close_listener()
-        for endpoint in self.endpoints.values():
+        for endpoint in everything:
             endpoint.close_models()
         self.runner.shutdown()
         self.log.info("stopped")
@@ -166,6 +183,8 @@ class Daemon:
 
     def endpoint(self, name: str) -> Endpoint:
         endpoint = self.endpoints.get(name)
+        if endpoint is None and name in self.retiring:
+            raise ServdError(ErrorCode.UNAVAILABLE, f"endpoint {name!r} was removed from the config and is draining")
         if endpoint is None:
             raise ServdError(ErrorCode.UNKNOWN_ENDPOINT, f"no endpoint {name!r}; GET /v1/endpoints lists them")
         return endpoint
@@ -178,6 +197,131 @@ class Daemon:
 
     def next_http_id(self) -> str:
         return f"http-{next(self._http_ids)}"
+
+    # -- reload ----------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload now, even if the file's content is unchanged (it may redeploy changed code)."""
+        self._schedule_reload()
+
+    def _config_touched(self) -> None:
+        """The watcher saw activity next to the config: reload only if its content changed."""
+        if not self.shutting_down and _digest(self.spec.path) != self._config_digest:
+            self._schedule_reload()
+
+    def _schedule_reload(self) -> None:
+        if self.shutting_down:
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            self._reload_again = True  # one more pass after this one, to pick up the latest save
+            return
+        self._reload_task = asyncio.ensure_future(self.reload())
+
+    async def reload(self) -> None:
+        """Load and check the whole file, then apply it per endpoint; a bad file changes nothing."""
+        while True:
+            self._reload_again = False
+            systemd.reloading()
+            await self._reload_once()
+            systemd.ready(self.status_line())
+            if not self._reload_again or self.shutting_down:
+                return
+
+    async def _reload_once(self) -> None:
+        started = time.perf_counter()
+        digest = _digest(self.spec.path)
+        try:
+            new, stale = await self.loop.run_in_executor(None, self._load_new_spec)
+            change = plan(self.spec, new, stale)
+            loaded = await self._load_changed_models(change)
+        except (SpecError, entrypoints.EntrypointError, devices.DeviceError, OSError, ValueError) as exc:
+            self._config_digest = digest
+            self._record_reload("invalid" if isinstance(exc, SpecError) else "failed", started, error=str(exc))
+            return
+        self._config_digest = digest
+        self._apply(change, new, loaded)
+        self._record_reload("applied", started, changes=change.summary())
+
+    def _load_new_spec(self) -> tuple[Spec, set[str]]:
+        """Worker thread: the new file, checked in full, and which entrypoints have new code on disk."""
+        path = self.spec.path
+        stale = {e.entrypoint for e in self.spec.endpoints.values() if entrypoints.changed_on_disk(e.entrypoint)}
+        new = load_checked(path, fresh_imports=True)
+        auth.read_tokens(new.server.tokens_file)  # an unreadable tokens file fails the reload, not requests
+        return new, stale
+
+    async def _load_changed_models(self, change: Plan) -> dict[str, list[Model]]:
+        """New models for added and remodeled endpoints, all loaded before anything is switched."""
+        loaded: dict[str, list[Model]] = {}
+        try:
+            for spec in (*change.added, *change.remodeled):
+                loaded[spec.name] = await self.load_models(spec)
+        except Exception:
+            for models in loaded.values():
+                for model in models:
+                    if model.close is not None:
+                        await self.loop.run_in_executor(None, model.close)
+            raise
+        return loaded
+
+    def _apply(self, change: Plan, new: Spec, loaded: dict[str, list[Model]]) -> None:
+        """The only place a reload writes running state; synchronous, so no request sees half of it."""
+        server = new.server
+        if "max_threads" in change.server_changed:
+            self.runner.resize(server.max_threads)
+        if "log" in change.server_changed:
+            logs.configure(server.log, self.log_stream)
+            self.log = logs.get_logger()
+            for endpoint in self.endpoints.values():
+                endpoint.log = self.log
+        if "tokens_file" in change.server_changed:
+            self.tokens = auth.read_tokens(server.tokens_file)
+        self.restart_needed = [f"server.{key}" for key in change.needs_restart]
+        if self.restart_needed:
+            server = dataclasses.replace(server, host=self.spec.server.host, port=self.spec.server.port)
+            self.log.warning("restart needed to apply", keys=self.restart_needed)
+        for name in change.removed:
+            self._retire(name)
+        for spec in change.retuned:
+            self.endpoints[spec.name].retune(spec)
+        for spec in change.remodeled:
+            endpoint = self.endpoints[spec.name]
+            endpoint.retune(spec)
+            endpoint.serve_models(loaded[spec.name])
+        for spec in change.added:
+            self._add_endpoint(spec).serve_models(loaded[spec.name])
+        self.spec = dataclasses.replace(new, server=server)
+        self.generation += 1
+        self.metrics.generation.set(self.generation)
+        self._apply_torch_threads()
+
+    def _retire(self, name: str) -> None:
+        endpoint = self.endpoints.pop(name)
+        endpoint.accepting = False
+        self.retiring[name] = endpoint
+        task = asyncio.ensure_future(self._finish_retiring(endpoint))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _finish_retiring(self, endpoint: Endpoint) -> None:
+        await endpoint.wait_idle()
+        endpoint.close_models()
+        if self.retiring.get(endpoint.name) is endpoint:
+            del self.retiring[endpoint.name]
+        if endpoint.name not in self.endpoints:
+            self.metrics.forget_endpoint(endpoint.name)
+        self.log.info("endpoint removed", endpoint=endpoint.name)
+
+    def _record_reload(self, result: str, started: float, **details: Any) -> None:
+        took = round(time.perf_counter() - started, 4)
+        self.last_reload = {
+            "at": time.time(), "result": result, "took_s": took, "generation": self.generation, **details
+        }  # fmt: skip
+        self.metrics.reloads.labels(result).inc()
+        if result == "applied":
+            self.log.info("reload", result=result, generation=self.generation, took_s=took, **details)
+        else:
+            self.log.error("reload", result=result, generation=self.generation, took_s=took, **details)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -199,6 +343,14 @@ class Daemon:
     def status_line(self) -> str:
         queued = sum(len(e.queue) for e in self.endpoints.values())
         return f"generation {self.generation}, {len(self.endpoints)} endpoints, {queued} queued"
+
+
+def _digest(path: Path) -> str | None:
+    """Content hash of the config file (None if unreadable), to tell a real change from a touch."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -88,6 +88,7 @@ def _import(module_name: str, ref: str, fresh: bool) -> ModuleType:
     loaded = sys.modules.get(module_name)
     try:
         if loaded is not None and fresh and _changed_on_disk(loaded):
+            _drop_bytecode(loaded)
             module = importlib.reload(loaded)
         else:
             module = importlib.import_module(module_name)
@@ -100,8 +101,22 @@ def _import(module_name: str, ref: str, fresh: bool) -> ModuleType:
     return module
 
 
+def changed_on_disk(ref: str) -> bool:
+    """Whether the module of `ref` was imported and its file has changed since (new code to deploy)."""
+    module = sys.modules.get(ref.partition(":")[0])
+    return module is not None and _changed_on_disk(module)
+
+
 def _changed_on_disk(module: ModuleType) -> bool:
     return _mtime(module) != _imported_mtime.get(module.__name__, _mtime(module))
+
+
+def _drop_bytecode(module: ModuleType) -> None:
+    """Python trusts a .pyc whose recorded mtime (whole seconds) and size match: an edit within the
+    same second that keeps the size would be missed, so the stale .pyc goes."""
+    cached = getattr(module, "__cached__", None)
+    if cached:
+        Path(cached).unlink(missing_ok=True)
 
 
 def _mtime(module: ModuleType) -> float:

@@ -1,0 +1,52 @@
+"""Watch the config file and hand changes to the loop; the daemon decides whether to reload.
+
+The watchdog observer watches the file's *directory*, because editors save by writing a temp
+file and renaming it over the original, and Kubernetes swaps a `..data` symlink: neither
+modifies the watched file in place. Any event there only schedules a debounced check on the
+loop (IOLoop.add_callback is the one thread-safe call); the daemon then compares the file's
+content with what it last loaded, so unrelated files and no-op saves don't reload.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from tornado.ioloop import IOLoop
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+DEBOUNCE_S = 0.1
+
+
+class ConfigWatcher(FileSystemEventHandler):
+    """Calls `on_change` on the loop, DEBOUNCE_S after the last burst of events in the directory."""
+
+    def __init__(self, path: Path, loop: IOLoop, on_change: Callable[[], None]) -> None:
+        self.path = path
+        self.loop = loop
+        self.on_change = on_change
+        self._timer: object | None = None
+        self._observer = Observer()
+        self._observer.daemon = True
+        self._observer.schedule(self, str(path.parent), recursive=False)
+
+    def start(self) -> None:
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        # watchdog's thread: hand off, nothing else (no logging, no state)
+        if event.event_type not in ("opened", "closed_no_write"):
+            self.loop.add_callback(self._debounce)
+
+    def _debounce(self) -> None:
+        if self._timer is not None:
+            self.loop.remove_timeout(self._timer)
+        self._timer = self.loop.call_later(DEBOUNCE_S, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self.on_change()
