@@ -1,5 +1,6 @@
 """Prometheus collectors on the daemon's own registry (so tests and daemons stay isolated).
 
+Every metric is declared once in METRICS; the README's metrics table is generated from it.
 Per-endpoint children are looked up once and kept, so the per-request path does no label
 lookups; gauges that mirror live state are read at scrape time, not written per request.
 """
@@ -9,48 +10,72 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 
-disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped in prometheus_client)
-# *_created series double the output and no dashboard uses them
+disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped upstream) *_created series help nobody
 
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 RUN_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
 
+@dataclass(frozen=True)
+class MetricDef:
+    attr: str
+    name: str
+    kind: type[MetricWrapperBase]
+    labels: tuple[str, ...]
+    help: str
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def exposed_name(self) -> str:
+        return self.name + ("_total" if self.kind is Counter else "")
+
+    @property
+    def type_name(self) -> str:
+        return self.kind.__name__.lower()
+
+
+EP = ("endpoint",)
+METRICS = (
+    MetricDef("requests", "servd_requests", Counter, (*EP, "outcome"), "Admitted requests by how they ended (completed or an error code)."),
+    MetricDef("rejected", "servd_rejected", Counter, (*EP, "reason"), "Requests refused before admission, by error code."),
+    MetricDef("queue_depth", "servd_queue_depth", Gauge, EP, "Requests waiting in the queue."),
+    MetricDef("running", "servd_running", Gauge, EP, "Requests running now."),
+    MetricDef("working_batch_size", "servd_working_batch_size", Gauge, EP, "Largest batch the endpoint forms now (lowered after out-of-memory)."),
+    MetricDef("queue_seconds", "servd_queue_seconds", Histogram, EP, "Time from admission to start, of completed requests.", WAIT_BUCKETS),
+    MetricDef("run_seconds", "servd_run_seconds", Histogram, EP, "Duration of the call (batch) that served a completed request.", RUN_BUCKETS),
+    MetricDef("batch_size", "servd_batch_size", Histogram, EP, "Requests per entrypoint call.", BATCH_BUCKETS),
+    MetricDef("reloads", "servd_reloads", Counter, ("result",), "Config reloads by result (applied, invalid, failed)."),
+    MetricDef("generation", "servd_config_generation", Gauge, (), "Generation of the config being served (1 at start, +1 per applied reload)."),
+    MetricDef("connections", "servd_connections", Gauge, (), "Open websocket connections."),
+)  # fmt: skip
+
+
 class Metrics:
-    """Every servd_ metric; the README's metrics table lists these same names."""
+    """Every servd_ metric, as attributes named by METRICS."""
+
+    requests: Counter
+    rejected: Counter
+    queue_depth: Gauge
+    running: Gauge
+    working_batch_size: Gauge
+    queue_seconds: Histogram
+    run_seconds: Histogram
+    batch_size: Histogram
+    reloads: Counter
+    generation: Gauge
+    connections: Gauge
 
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        ep = ["endpoint"]
-        self.requests = Counter("servd_requests", "Admitted requests by how they ended.", [*ep, "outcome"], registry=r)
-        self.rejected = Counter(
-            "servd_rejected", "Requests refused before admission, by error code.", [*ep, "reason"], registry=r
-        )
-        self.queue_depth = Gauge("servd_queue_depth", "Requests waiting in the queue.", ep, registry=r)
-        self.running = Gauge("servd_running", "Requests running now.", ep, registry=r)
-        self.working_batch_size = Gauge(
-            "servd_working_batch_size",
-            "Largest batch the endpoint forms now (lowered after out-of-memory).",
-            ep,
-            registry=r,
-        )
-        self.queue_seconds = Histogram(
-            "servd_queue_seconds", "Time from admission to start.", ep, buckets=WAIT_BUCKETS, registry=r
-        )
-        self.run_seconds = Histogram(
-            "servd_run_seconds", "Time of the call (batch) that served a request.", ep, buckets=RUN_BUCKETS, registry=r
-        )
-        self.batch_size = Histogram(
-            "servd_batch_size", "Requests per entrypoint call.", ep, buckets=BATCH_BUCKETS, registry=r
-        )
-        self.reloads = Counter("servd_reloads", "Config reloads by result.", ["result"], registry=r)
-        self.generation = Gauge("servd_config_generation", "Generation of the config being served.", registry=r)
-        self.connections = Gauge("servd_connections", "Open websocket connections.", registry=r)
+        self.registry = CollectorRegistry()
+        for d in METRICS:
+            extra: dict[str, Any] = {"buckets": d.buckets} if d.buckets else {}
+            setattr(self, d.attr, d.kind(d.name, d.help, d.labels, registry=self.registry, **extra))
 
     def for_endpoint(
         self, name: str, queued: Callable[[], float], running: Callable[[], float], batch: Callable[[], float]
@@ -62,27 +87,19 @@ class Metrics:
 
     def forget_endpoint(self, name: str) -> None:
         """Drop a removed endpoint's series so /metrics doesn't report ghosts."""
-        metric: MetricWrapperBase
-        for metric in (
-            self.queue_depth,
-            self.running,
-            self.working_batch_size,
-            self.queue_seconds,
-            self.run_seconds,
-            self.batch_size,
-        ):
-            _remove(metric, name)
-        for metric in (self.requests, self.rejected):
+        for d in METRICS:
+            if d.labels[:1] != EP:
+                continue
+            metric = getattr(self, d.attr)
+            if len(d.labels) == 1:
+                with contextlib.suppress(KeyError):
+                    metric.remove(name)
+                continue
             for labels in [key for key in metric._metrics if key[0] == name]:
                 metric.remove(*labels)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def _remove(metric: MetricWrapperBase, name: str) -> None:
-    with contextlib.suppress(KeyError):
-        metric.remove(name)
 
 
 @dataclass(eq=False)
