@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tornado.web import Application, RequestHandler
 
@@ -11,6 +11,7 @@ from servd.handlers import ops
 from servd.handlers.base import NotFound
 from servd.handlers.http import EndpointHTTP
 from servd.handlers.ws import QueueSocket
+from servd.spec import ServerSpec
 
 if TYPE_CHECKING:
     from servd.daemon import Daemon
@@ -36,12 +37,19 @@ def make_app(daemon: Daemon) -> Application:
         ],
         default_handler_class=NotFound,
         default_handler_args=deps,
-        websocket_ping_interval=server.ping_interval_s,
-        websocket_ping_timeout=server.ping_interval_s,
-        websocket_max_message_size=server.max_message_bytes * HARD_FRAME_FACTOR,
         compress_response=False,
+        **listener_settings(server),
         log_function=functools.partial(_access_log, daemon),
     )
+
+
+def listener_settings(server: ServerSpec) -> dict[str, Any]:
+    """Tornado settings taken from servd.yaml; read per connection, so a reload can change them."""
+    return {
+        "websocket_ping_interval": server.ping_interval_s,
+        "websocket_ping_timeout": server.ping_interval_s,
+        "websocket_max_message_size": server.max_message_bytes * HARD_FRAME_FACTOR,
+    }
 
 
 def _access_log(daemon: Daemon, handler: RequestHandler) -> None:

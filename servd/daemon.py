@@ -20,7 +20,7 @@ from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
 from servd import __version__, auth, devices, entrypoints, logs, systemd
-from servd.app import HARD_FRAME_FACTOR, make_app
+from servd.app import HARD_FRAME_FACTOR, listener_settings, make_app
 from servd.check import load_checked
 from servd.endpoint import Endpoint
 from servd.entrypoints import Model
@@ -28,7 +28,7 @@ from servd.errors import ErrorCode, ServdError
 from servd.metrics import Metrics
 from servd.reload import Plan, plan
 from servd.request import Request
-from servd.spec import EndpointSpec, Spec, SpecError
+from servd.spec import EndpointSpec, ServerSpec, Spec, SpecError
 from servd.watch import ConfigWatcher
 from servd.workers import LocalRunner, Runner
 
@@ -54,6 +54,7 @@ class Daemon:
         self.restart_needed: list[str] = []
         self.sockets: list[socket.socket] = []
         self._server: HTTPServer | None = None
+        self._app = make_app(self)
         self._http_ids = itertools.count(1)
         self._watcher: ConfigWatcher | None = None
         self._config_digest = _digest(spec.path)
@@ -73,7 +74,7 @@ class Daemon:
             self._add_endpoint(endpoint_spec)
         server = self.spec.server
         self._server = HTTPServer(
-            make_app(self), max_body_size=server.max_message_bytes * HARD_FRAME_FACTOR, xheaders=False
+            self._app, max_body_size=server.max_message_bytes * HARD_FRAME_FACTOR, xheaders=False
         )
         self.sockets = sockets or bind_sockets(server.port, server.host)
         self._server.add_sockets(self.sockets)
@@ -276,6 +277,7 @@ class Daemon:
                 endpoint.log = self.log
         if "tokens_file" in change.server_changed:
             self.tokens = auth.read_tokens(server.tokens_file)
+        self._apply_listener_settings(server)
         self.restart_needed = [f"server.{key}" for key in change.needs_restart]
         if self.restart_needed:
             server = dataclasses.replace(server, host=self.spec.server.host, port=self.spec.server.port)
@@ -294,6 +296,13 @@ class Daemon:
         self.generation += 1
         self.metrics.generation.set(self.generation)
         self._apply_torch_threads()
+
+    def _apply_listener_settings(self, server: ServerSpec) -> None:
+        """Frame and body caps and pings, for connections opened from now on."""
+        if self._server is None:
+            return
+        self._app.settings.update(listener_settings(server))
+        self._server.conn_params.max_body_size = server.max_message_bytes * HARD_FRAME_FACTOR
 
     def _retire(self, name: str) -> None:
         endpoint = self.endpoints.pop(name)
