@@ -73,9 +73,7 @@ class Daemon:
         for endpoint_spec in self.spec.endpoints.values():
             self._add_endpoint(endpoint_spec)
         server = self.spec.server
-        self._server = HTTPServer(
-            self._app, max_body_size=server.max_message_bytes * HARD_FRAME_FACTOR, xheaders=False
-        )
+        self._server = HTTPServer(self._app, max_body_size=server.max_message_bytes * HARD_FRAME_FACTOR, xheaders=False)
         self.sockets = sockets or bind_sockets(server.port, server.host)
         self._server.add_sockets(self.sockets)
         self.log.info("listening", url=self.url, config=str(self.spec.path), version=__version__)
