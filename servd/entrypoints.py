@@ -129,7 +129,8 @@ def _mtime(module: ModuleType) -> float:
 
 def _classify(ref: str, target: Any) -> Entrypoint:
     if inspect.isclass(target):
-        call = getattr(target, "__call__", None)  # noqa: B004 - we need the class's own __call__
+        # the class's own __call__ (getattr would find type.__call__, which makes instances)
+        call = next((k.__dict__["__call__"] for k in target.__mro__ if "__call__" in k.__dict__), None)
         if call is None or call is object.__call__ or not callable(call):
             raise EntrypointError(f"{ref} is a class without __call__; instances must be callable")
         _reject_async(ref, call)

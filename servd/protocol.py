@@ -47,7 +47,7 @@ def parse(text: str | bytes) -> Submit | Cancel:
     if isinstance(text, bytes):
         raise ProtocolError("binary frames are not supported; send JSON text")
     try:
-        message = json.loads(text)
+        message = json.loads(text, parse_constant=reject_constant)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"message is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
@@ -59,6 +59,11 @@ def parse(text: str | bytes) -> Submit | Cancel:
     if kind == "cancel":
         return Cancel(request_id)
     raise ProtocolError(f"'type' must be 'submit' or 'cancel', got {kind!r}", request_id)
+
+
+def reject_constant(name: str) -> Any:
+    """NaN and Infinity are Python's extension, not JSON: a result carrying them could not be sent back."""
+    raise ValueError(f"{name} is not a JSON value")
 
 
 def _parse_id(message: dict[str, Any]) -> str | int:

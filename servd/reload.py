@@ -26,7 +26,7 @@ class Plan:
 
     @property
     def empty(self) -> bool:
-        return not any(dataclasses.astuple(self))
+        return not any(getattr(self, f.name) for f in dataclasses.fields(self))
 
     def summary(self) -> dict[str, list[str]]:
         """Names of what changes, for the reload log event and /v1/status."""

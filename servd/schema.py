@@ -7,6 +7,7 @@ declared; this module only reads it. Nothing here imports tornado or torch.
 from __future__ import annotations
 
 import copy
+import difflib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -98,14 +99,28 @@ def parse_yaml(text: str, file: str) -> Located:
 
 
 def _to_python(
-    node: yaml.Node, path: Path_, marks: dict[Path_, tuple[int, int]], problems: list[Problem], file: str
+    node: yaml.Node,
+    path: Path_,
+    marks: dict[Path_, tuple[int, int]],
+    problems: list[Problem],
+    file: str,
+    inside: frozenset[int] = frozenset(),
 ) -> Any:
-    marks.setdefault(path, (node.start_mark.line + 1, node.start_mark.column + 1))
+    here = (node.start_mark.line + 1, node.start_mark.column + 1)
+    marks.setdefault(path, here)
+    if id(node) in inside:
+        problems.append(Problem(file, *here, dotted(path), "an alias refers to a node that contains it (recursive)"))
+        return None
     if isinstance(node, yaml.MappingNode):
+        inside = inside | {id(node)}
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = _scalar(key_node)
             here = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
+            try:
+                key = _scalar(key_node)
+            except yaml.YAMLError as exc:
+                problems.append(Problem(file, *here, dotted(path), _unreadable(key_node, exc)))
+                continue
             if not isinstance(key, str):
                 problems.append(Problem(file, *here, dotted(path), f"key {key!r} must be a string"))
                 continue
@@ -113,47 +128,95 @@ def _to_python(
                 problems.append(Problem(file, *here, dotted((*path, key)), "duplicate key"))
                 continue
             marks[(*path, key)] = here
-            out[key] = _to_python(value_node, (*path, key), marks, problems, file)
+            out[key] = _to_python(value_node, (*path, key), marks, problems, file, inside)
         return out
     if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, (*path, i), marks, problems, file) for i, item in enumerate(node.value)]
-    return _scalar(node)
+        inside = inside | {id(node)}
+        return [_to_python(item, (*path, i), marks, problems, file, inside) for i, item in enumerate(node.value)]
+    try:
+        return _scalar(node)
+    except yaml.YAMLError as exc:
+        problems.append(Problem(file, *here, dotted(path), _unreadable(node, exc)))
+        return None
+
+
+def _unreadable(node: yaml.Node, exc: yaml.YAMLError) -> str:
+    if node.tag == "tag:yaml.org,2002:merge":
+        return "YAML merge keys ('<<') are not supported; write the keys out"
+    return f"cannot read this value: {getattr(exc, 'problem', None) or exc}"
 
 
 _SCALARS = yaml.SafeLoader("")
 
 
 def _scalar(node: yaml.Node) -> Any:
-    """A key or leaf value as YAML's safe loader would build it (int, float, bool, None, str)."""
+    """A key or leaf value as YAML's safe loader would build it (int, float, bool, None, str).
+
+    A date stays the text it was written as: the config is JSON data (YAML 1.2, as editors
+    validating against the schema read it), and a date object could not be served as JSON.
+    """
     if not isinstance(node, yaml.ScalarNode):
         return f"<{node.tag}>"
+    if node.tag == "tag:yaml.org,2002:timestamp":
+        return node.value
     return _SCALARS.construct_object(node, deep=True)
+
+
+def _is_integer(checker: Any, instance: Any) -> bool:
+    """YAML's `2.0` is a float: integer settings take only ints (JSON Schema alone would accept 2.0)."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine("integer", _is_integer),
+)
 
 
 def validate(located: Located) -> list[Problem]:
     """Every schema violation as a Problem, in file order."""
-    validator = jsonschema.Draft202012Validator(load_schema())
+    validator = _Validator(load_schema())
     problems = []
     for error in validator.iter_errors(located.data):
         for leaf in _leaves(error):
-            problems.append(located.problem(tuple(leaf.absolute_path), _message(leaf)))
+            problems.extend(_problems(located, leaf))
     return sorted(set(problems), key=lambda p: (p.line, p.col, p.path))
 
 
 def _leaves(error: jsonschema.ValidationError) -> list[jsonschema.ValidationError]:
-    """For oneOf/anyOf, report the closest branch's errors rather than 'is not valid under any'."""
+    """For oneOf/anyOf, report the closest branch's errors rather than 'is not valid under any'.
+
+    A branch whose type, const or enum doesn't fit the value at all is the wrong branch, not the
+    problem; what is left says what is wrong with the value in the branch that fits its kind.
+    """
     if error.context:
-        best = jsonschema.exceptions.best_match(error.context)
-        if best is not None and best.validator not in ("const", "type", "enum"):
+        fitting = [e for e in error.context if e.relative_path or e.validator not in ("const", "type", "enum")]
+        best = jsonschema.exceptions.best_match(fitting)
+        if best is not None:
             return [best]
     return [error]
 
 
+def _problems(located: Located, error: jsonschema.ValidationError) -> list[Problem]:
+    """Problems for one error, located at the offending key itself for unknown or misnamed keys."""
+    path = tuple(error.absolute_path)
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+        declared = error.schema.get("properties", {})
+        extra = [key for key in error.instance if key not in declared]
+        return [located.problem((*path, key), _unknown_key(str(key), sorted(declared))) for key in extra]
+    if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
+        return [located.problem((*path, error.instance), f"key {error.message}")]
+    return [located.problem(path, _message(error))]
+
+
+def _unknown_key(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listed = f" (allowed: {', '.join(allowed)})" if allowed else " (this mapping takes no keys)"
+    return f"unknown key {key!r}{listed}{hint}"
+
+
 def _message(error: jsonschema.ValidationError) -> str:
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
-        return f"{error.message}{hint}"
     if error.validator == "oneOf" and isinstance(error.instance, (str, int, float)):
         return f"{error.instance!r} is not valid here; see the schema's description of this key"
     return str(error.message)

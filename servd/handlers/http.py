@@ -90,7 +90,7 @@ class EndpointHTTP(JSONHandler):
 
     def _data(self) -> Any:
         try:
-            body = json.loads(self.body or b"null")
+            body = json.loads(self.body or b"null", parse_constant=protocol.reject_constant)
         except (ValueError, RecursionError) as exc:
             raise ServdError(ErrorCode.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
         if not isinstance(body, dict) or "data" not in body:
