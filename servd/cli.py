@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from servd import __version__
 from servd.schema import SpecError, load_schema
@@ -30,6 +29,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check(args.file)
     if args.command == "run":
         return _run(args.file, args.host, args.port)
+    if args.command == "status":
+        from servd import status
+
+        return status.main(args.url, args.token, args.timeout)
+    if args.command == "bench":
+        from servd import bench
+
+        return bench.main(args)
     _parser().print_help()
     return 2
 
@@ -47,6 +54,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     check.add_argument("file", help="path to servd.yaml")
     commands.add_parser("schema", help="print the JSON Schema of servd.yaml")
+    status = commands.add_parser(
+        "status", help="summarise a running daemon: endpoints' queues, workers, latencies, ETA; last reload"
+    )
+    status.add_argument("url", nargs="?", help="the daemon's base URL (default http://127.0.0.1:8700)")
+    status.add_argument("--token", help="bearer token when server.tokens_file is set (default: $SERVD_TOKEN)")
+    status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer (default 10)")
+    from servd import bench
+
+    bench.add_arguments(commands.add_parser("bench", help="closed-loop load against a running servd; latency, errors"))
     return parser
 
 
@@ -77,20 +93,18 @@ def _run(file: str, host: str | None, port: int | None) -> int:
     except SpecError as exc:
         _print_problems(exc)
         return 1
-    server = spec.server
-    server = dataclasses.replace(server, host=host or server.host, port=server.port if port is None else port)
-    spec = dataclasses.replace(spec, server=server)
+    overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     try:
-        return asyncio.run(_serve(spec))
+        return asyncio.run(_serve(spec, overrides))
     except OSError as exc:
         print(f"servd: cannot start: {exc}", file=sys.stderr)
         return 1
 
 
-async def _serve(spec: Spec) -> int:
+async def _serve(spec: Spec, overrides: dict[str, Any]) -> int:
     from servd.daemon import Daemon
 
-    daemon = Daemon(spec)
+    daemon = Daemon(spec, server_overrides=overrides)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 

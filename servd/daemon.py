@@ -34,7 +34,17 @@ from servd.workers import LocalRunner, Runner
 
 
 class Daemon:
-    def __init__(self, spec: Spec, *, runner: Runner | None = None, log_stream: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        spec: Spec,
+        *,
+        runner: Runner | None = None,
+        log_stream: TextIO | None = None,
+        server_overrides: dict[str, Any] | None = None,
+    ) -> None:
+        self.server_overrides = server_overrides or {}  # from the command line; applied to every load
+        if self.server_overrides:
+            spec = dataclasses.replace(spec, server=dataclasses.replace(spec.server, **self.server_overrides))
         self.spec = spec
         self.loop = IOLoop.current()
         self.log_stream = log_stream
@@ -44,7 +54,7 @@ class Daemon:
         self.runner: Runner = runner or LocalRunner(spec.server.max_threads, self.loop)
         self.tokens = auth.read_tokens(spec.server.tokens_file)
         self.endpoints: dict[str, Endpoint] = {}
-        self.retiring: dict[str, Endpoint] = {}  # removed by a reload, finishing what they admitted
+        self.retiring: list[Endpoint] = []  # removed by a reload, finishing what they admitted
         self.connections: set[Any] = set()
         self.ready = False
         self.shutting_down = False
@@ -156,7 +166,7 @@ class Daemon:
         systemd.stopping(f"draining {pending} requests")
         for endpoint in self.endpoints.values():
             endpoint.accepting = False
-        everything = [*self.endpoints.values(), *self.retiring.values()]
+        everything = [*self.endpoints.values(), *self.retiring]
         waits = [asyncio.ensure_future(e.wait_idle()) for e in everything]
         if waits:
             _, unfinished = await asyncio.wait(waits, timeout=timeout)
@@ -182,7 +192,7 @@ class Daemon:
 
     def endpoint(self, name: str) -> Endpoint:
         endpoint = self.endpoints.get(name)
-        if endpoint is None and name in self.retiring:
+        if endpoint is None and any(e.name == name for e in self.retiring):
             raise ServdError(ErrorCode.UNAVAILABLE, f"endpoint {name!r} was removed from the config and is draining")
         if endpoint is None:
             raise ServdError(ErrorCode.UNKNOWN_ENDPOINT, f"no endpoint {name!r}; GET /v1/endpoints lists them")
@@ -232,36 +242,48 @@ class Daemon:
         try:
             new, stale = await self.loop.run_in_executor(None, self._load_new_spec)
             change = plan(self.spec, new, stale)
-            loaded = await self._load_changed_models(change)
+            loaded = await self._load_changed_models(change, new)
         except (SpecError, entrypoints.EntrypointError, devices.DeviceError, OSError, ValueError) as exc:
             self._config_digest = digest
             self._record_reload("invalid" if isinstance(exc, SpecError) else "failed", started, error=str(exc))
             return
         self._config_digest = digest
+        if self.shutting_down:  # a shutdown began while models loaded: don't switch, just release
+            await self._close_models(loaded)
+            return
         self._apply(change, new, loaded)
         self._record_reload("applied", started, changes=change.summary())
 
     def _load_new_spec(self) -> tuple[Spec, set[str]]:
         """Worker thread: the new file, checked in full, and which entrypoints have new code on disk."""
-        path = self.spec.path
-        stale = {e.entrypoint for e in self.spec.endpoints.values() if entrypoints.changed_on_disk(e.entrypoint)}
-        new = load_checked(path, fresh_imports=True)
+        stale = {
+            e.spec.entrypoint
+            for e in self.endpoints.values()
+            if any(entrypoints.changed_since(e.spec.entrypoint, i.model.code_mtime) for i in e.instances)
+        }
+        new = load_checked(self.spec.path, fresh_imports=True)
+        if self.server_overrides:  # `servd run --host/--port` outlive reloads
+            new = dataclasses.replace(new, server=dataclasses.replace(new.server, **self.server_overrides))
         auth.read_tokens(new.server.tokens_file)  # an unreadable tokens file fails the reload, not requests
         return new, stale
 
-    async def _load_changed_models(self, change: Plan) -> dict[str, list[Model]]:
+    async def _load_changed_models(self, change: Plan, new: Spec) -> dict[str, list[Model]]:
         """New models for added and remodeled endpoints, all loaded before anything is switched."""
         loaded: dict[str, list[Model]] = {}
-        try:
-            for spec in (*change.added, *change.remodeled):
+        for spec in (*change.added, *change.remodeled):
+            try:
                 loaded[spec.name] = await self.load_models(spec)
-        except Exception:
-            for models in loaded.values():
-                for model in models:
-                    if model.close is not None:
-                        await self.loop.run_in_executor(None, model.close)
-            raise
+            except (entrypoints.EntrypointError, devices.DeviceError) as exc:
+                await self._close_models(loaded)
+                key = f"endpoints.{spec.name}.entrypoint"
+                raise entrypoints.EntrypointError(f"{new.where(key)}: {key}: {exc}") from exc
         return loaded
+
+    async def _close_models(self, loaded: dict[str, list[Model]]) -> None:
+        for models in loaded.values():
+            for model in models:
+                if model.close is not None:
+                    await self.loop.run_in_executor(None, model.close)
 
     def _apply(self, change: Plan, new: Spec, loaded: dict[str, list[Model]]) -> None:
         """The only place a reload writes running state; synchronous, so no request sees half of it."""
@@ -305,7 +327,7 @@ class Daemon:
     def _retire(self, name: str) -> None:
         endpoint = self.endpoints.pop(name)
         endpoint.accepting = False
-        self.retiring[name] = endpoint
+        self.retiring.append(endpoint)
         task = asyncio.ensure_future(self._finish_retiring(endpoint))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -313,9 +335,8 @@ class Daemon:
     async def _finish_retiring(self, endpoint: Endpoint) -> None:
         await endpoint.wait_idle()
         endpoint.close_models()
-        if self.retiring.get(endpoint.name) is endpoint:
-            del self.retiring[endpoint.name]
-        if endpoint.name not in self.endpoints:
+        self.retiring.remove(endpoint)
+        if endpoint.name not in self.endpoints and not any(e.name == endpoint.name for e in self.retiring):
             self.metrics.forget_endpoint(endpoint.name)
         self.log.info("endpoint removed", endpoint=endpoint.name)
 

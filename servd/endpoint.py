@@ -360,9 +360,10 @@ class Endpoint:
 
     def retune(self, spec: EndpointSpec) -> None:
         """Apply new limits in place; queued requests keep their place."""
+        if spec.batch != self.spec.batch:  # an OOM-lowered size holds until batch: itself is edited
+            self.working_batch_size = spec.batch.max_size if spec.batch else 1
         self.spec = spec
         self.queue.limits = spec.queue
-        self.working_batch_size = spec.batch.max_size if spec.batch else 1
         self._validator = _validator(spec)
         self._pump()
 

@@ -32,13 +32,14 @@ class Entrypoint:
     streams: bool
     accepts_device: bool
     uses_torch: bool = False
+    code_mtime: float = 0.0  # mtime of the module file when it was imported
 
     def instantiate(self, device: str, options: Mapping[str, Any]) -> Model:
         """One model for `device`: a class is constructed here (this may load weights)."""
         if not self.is_class:
             if options:
                 raise EntrypointError(f"{self.ref} is a function; 'options' only apply to class entrypoints")
-            return Model(self.target, device, self.streams, uses_torch=self.uses_torch)
+            return Model(self.target, device, self.streams, uses_torch=self.uses_torch, code_mtime=self.code_mtime)
         kwargs = dict(options)
         if self.accepts_device:
             kwargs["device"] = device
@@ -46,7 +47,8 @@ class Entrypoint:
             instance = self.target(**kwargs)
         except Exception as exc:
             raise EntrypointError(f"{self.ref}({_kwargs_text(kwargs)}) raised {type(exc).__name__}: {exc}") from exc
-        return Model(instance, device, self.streams, close=getattr(instance, "close", None), uses_torch=self.uses_torch)
+        close = getattr(instance, "close", None)
+        return Model(instance, device, self.streams, close, uses_torch=self.uses_torch, code_mtime=self.code_mtime)
 
 
 @dataclass(eq=False)
@@ -58,6 +60,7 @@ class Model:
     streams: bool
     close: Callable[[], Any] | None = field(default=None)
     uses_torch: bool = False
+    code_mtime: float = 0.0
 
 
 _imported_mtime: dict[str, float] = {}
@@ -76,7 +79,7 @@ def resolve(ref: str, search_dir: Path | None = None, *, fresh: bool = False) ->
         except AttributeError:
             raise EntrypointError(f"{ref}: module {module_name!r} has no attribute {attr_path!r}") from None
     entry = _classify(ref, target)
-    return dataclasses.replace(entry, uses_torch=_imports_torch(module))
+    return dataclasses.replace(entry, uses_torch=_imports_torch(module), code_mtime=_imported_mtime[module_name])
 
 
 def _imports_torch(module: ModuleType) -> bool:
@@ -101,10 +104,10 @@ def _import(module_name: str, ref: str, fresh: bool) -> ModuleType:
     return module
 
 
-def changed_on_disk(ref: str) -> bool:
-    """Whether the module of `ref` was imported and its file has changed since (new code to deploy)."""
+def changed_since(ref: str, code_mtime: float) -> bool:
+    """Whether the module file of `ref` differs from the one a served model was built from."""
     module = sys.modules.get(ref.partition(":")[0])
-    return module is not None and _changed_on_disk(module)
+    return module is not None and _mtime(module) != code_mtime
 
 
 def _changed_on_disk(module: ModuleType) -> bool:

@@ -149,7 +149,7 @@ def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
     endpoints = {name: _endpoint(name, ep) for name, ep in data["endpoints"].items()}
     locations = {".".join(str(p) for p in path): f"{file}:{line}:{col}" for path, (line, col) in located.marks.items()}
     return Spec(
-        path=file.resolve(),
+        path=Path(os.path.abspath(file)),  # not resolve(): a symlink swapped later must still be followed
         server=server_spec,
         endpoints=MappingProxyType(endpoints),
         locations=MappingProxyType(locations),
