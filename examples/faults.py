@@ -87,3 +87,12 @@ class FailsToLoad:
 
     def __call__(self, data: Any) -> Any:
         return data
+
+
+broken_calls: list[int] = []
+
+
+def broken_batch(items: list[Any]) -> list[Any]:
+    """Batched, and fails every call the same way, whatever the inputs (a broken model)."""
+    broken_calls.append(len(items))
+    raise RuntimeError("model weights are corrupt")

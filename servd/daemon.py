@@ -32,6 +32,8 @@ from servd.spec import EndpointSpec, ServerSpec, Spec, SpecError
 from servd.watch import ConfigWatcher
 from servd.workers import LocalRunner, Runner
 
+CLOSE_TIMEOUT_S = 10.0
+
 
 class Daemon:
     def __init__(
@@ -175,8 +177,9 @@ class Daemon:
         ended = sum(e.end_all(ErrorCode.UNAVAILABLE, "the daemon is shutting down") for e in everything)
         self.log.info("drained", ended_unavailable=ended)
         await self._close_listener()
-        for endpoint in everything:
-            endpoint.close_models()
+        closing = [future for endpoint in everything for future in endpoint.close_models()]
+        if closing:  # close() frees memory and files; give it a bounded time before exiting
+            await asyncio.wait(closing, timeout=CLOSE_TIMEOUT_S)
         self.runner.shutdown()
         self.log.info("stopped")
 

@@ -64,10 +64,26 @@ def torch_threads_for(cpu_calls_at_once: int, configured: int | None) -> int:
     return max(1, cores // max(1, cpu_calls_at_once))
 
 
+_wanted_threads: int | None = None  # the count apply_torch_threads chose last; workers adopt it
+
+
 def apply_torch_threads(threads: int) -> None:
-    torch = loaded_torch()
-    if torch is not None and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    """Set torch's intra-op thread count here and, before their next call, on every worker thread.
+
+    torch (OpenMP) keeps the count per thread once a thread has used it, so setting it on the
+    loop thread alone never reaches pool threads that already ran a call: a reload that changes
+    `torch_threads`, or calls that ran while models loaded, would keep the old count.
+    """
+    global _wanted_threads
+    _wanted_threads = threads
+    sync_torch_threads()
+
+
+def sync_torch_threads() -> None:
+    """On the calling thread: adopt the count apply_torch_threads chose, if it differs (cheap check)."""
+    wanted, torch = _wanted_threads, loaded_torch()
+    if torch is not None and wanted is not None and torch.get_num_threads() != wanted:
+        torch.set_num_threads(wanted)
 
 
 def is_oom(exc: BaseException) -> bool:

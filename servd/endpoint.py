@@ -345,13 +345,15 @@ class Endpoint:
                 self._close(instance)
         self._pump()
 
-    def _close(self, instance: Instance) -> None:
+    def _close(self, instance: Instance) -> asyncio.Future[Any] | None:
+        """Run the model's close() on a worker thread (it may free GPU memory slowly); once only."""
         close = instance.model.close
         if close is None:
-            return
+            return None
         instance.model.close = None
         future = self.loop.run_in_executor(None, close)
         future.add_done_callback(functools.partial(self._closed, instance.model.device))
+        return future
 
     def _closed(self, device: str, future: asyncio.Future[Any]) -> None:
         exc = future.exception()
@@ -394,10 +396,15 @@ class Endpoint:
                     ended += 1
         return ended
 
-    def close_models(self) -> None:
+    def close_models(self) -> list[asyncio.Future[Any]]:
+        """Retire and close every instance; returns the close() calls still running."""
+        closing = []
         for instance in self.instances:
             instance.retired = True
-            self._close(instance)
+            future = self._close(instance)
+            if future is not None:
+                closing.append(future)
+        return closing
 
     def snapshot(self) -> dict[str, Any]:
         """Effective config and live stats, as /v1/endpoints shows them."""

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from tornado.ioloop import IOLoop
 
-from servd.devices import is_oom, loaded_torch
+from servd.devices import is_oom, loaded_torch, sync_torch_threads
 from servd.entrypoints import Model
 
 
@@ -93,30 +93,62 @@ def execute(job: Job, emit: Callable[[int, list[str]], None]) -> BatchResult:
     """Run a job's inputs, isolating failures: a failed batch is retried in halves."""
     started = time.perf_counter()
     oom_sizes: list[int] = []
+    sync_torch_threads()
     with _inference_mode():
         outcomes = _run_isolating(job, job.inputs, 0, emit, oom_sizes)
     return BatchResult(outcomes, time.perf_counter() - started, oom_sizes)
 
 
-def _run_isolating(
-    job: Job, inputs: list[Any], offset: int, emit: Callable[[int, list[str]], None], oom_sizes: list[int]
+Emit = Callable[[int, list[str]], None]
+
+
+def _run_isolating(job: Job, inputs: list[Any], offset: int, emit: Emit, oom_sizes: list[int]) -> list[Outcome]:
+    result = _attempt(job, inputs, offset, emit)
+    return result if isinstance(result, list) else _isolate(job, inputs, offset, emit, oom_sizes, result)
+
+
+def _isolate(
+    job: Job, inputs: list[Any], offset: int, emit: Emit, oom_sizes: list[int], error: Exception
 ) -> list[Outcome]:
-    streamed = [False]
+    """`inputs` failed together with `error`: retry in halves until the failing ones fail alone.
+
+    If both halves fail with the very same error (type and message) it isn't one input's fault
+    (a broken model, a missing file): every input fails with it, after 3 calls instead of 2n-1.
+    Out-of-memory is always split further, since smaller batches are its cure.
+    """
+    if len(inputs) == 1 or isinstance(error, BatchContractError):
+        return [Outcome(error=error) for _ in inputs]
+    oom = is_oom(error)
+    if oom:
+        oom_sizes.append(len(inputs))
+    middle = len(inputs) // 2
+    parts = ((inputs[:middle], offset), (inputs[middle:], offset + middle))
+    results = [_attempt(job, part, at, emit) for part, at in parts]
+    if not oom and all(isinstance(r, Exception) and _same_error(r, error) for r in results):
+        return [Outcome(error=error) for _ in inputs]
+    outcomes: list[Outcome] = []
+    for (part, at), result in zip(parts, results, strict=True):
+        outcomes += result if isinstance(result, list) else _isolate(job, part, at, emit, oom_sizes, result)
+    return outcomes
+
+
+def _attempt(job: Job, inputs: list[Any], offset: int, emit: Emit) -> list[Outcome] | Exception:
+    """One call: its outcomes, or the exception to isolate (a stream that already sent partials fails as is)."""
+    streamed = False
 
     def tracked_emit(at: int, texts: list[str]) -> None:
-        streamed[0] = True
+        nonlocal streamed
+        streamed = True
         emit(at, texts)
 
     try:
         return _call(job, inputs, offset, tracked_emit)
     except Exception as exc:  # noqa: BLE001 - whatever user code raises is isolated and reported
-        if len(inputs) == 1 or streamed[0] or isinstance(exc, BatchContractError):
-            return [Outcome(error=exc) for _ in inputs]
-        if is_oom(exc):
-            oom_sizes.append(len(inputs))
-        middle = len(inputs) // 2
-        left = _run_isolating(job, inputs[:middle], offset, emit, oom_sizes)
-        return left + _run_isolating(job, inputs[middle:], offset + middle, emit, oom_sizes)
+        return [Outcome(error=exc) for _ in inputs] if streamed else exc
+
+
+def _same_error(a: BaseException, b: BaseException) -> bool:
+    return type(a) is type(b) and str(a) == str(b)
 
 
 def _call(job: Job, inputs: list[Any], offset: int, emit: Callable[[int, list[str]], None]) -> list[Outcome]:
