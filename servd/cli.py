@@ -8,21 +8,25 @@ import json
 import os
 import signal
 import sys
+import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from servd import __version__
-from servd.schema import SpecError, load_schema
 
 if TYPE_CHECKING:
     from tornado.ioloop import PeriodicCallback
 
+    from servd.schema import SpecError
     from servd.spec import Spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schema":
+        from servd.schema import load_schema
+
         print(json.dumps(load_schema(), indent=2))
         return 0
     if args.command == "check":
@@ -68,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _check(file: str) -> int:
     from servd.check import load_checked
+    from servd.schema import SpecError
 
     try:
         spec = load_checked(file)
@@ -87,6 +92,7 @@ def _print_problems(exc: SpecError) -> None:
 
 def _run(file: str, host: str | None, port: int | None) -> int:
     from servd.check import load_checked
+    from servd.schema import SpecError
 
     try:
         spec = load_checked(file)
@@ -94,11 +100,29 @@ def _run(file: str, host: str | None, port: int | None) -> int:
         _print_problems(exc)
         return 1
     overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
+    loop = asyncio.new_event_loop()
     try:
-        return asyncio.run(_serve(spec, overrides))
+        code = loop.run_until_complete(_serve(spec, overrides))
     except OSError as exc:
         print(f"servd: cannot start: {exc}", file=sys.stderr)
-        return 1
+        code = 1
+    return _exit_past_stuck_calls(code)
+
+
+def _exit_past_stuck_calls(code: int) -> int:
+    """After the drain, calls still running can't be interrupted; Python would wait for their threads
+    at exit (and systemd would SIGKILL us at TimeoutStopSec), so leave without them."""
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    deadline = time.monotonic() + 1.0
+    for thread in others:  # idle pool threads exit within moments of the pool's shutdown
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = [t.name for t in others if t.is_alive()]
+    if not stuck:
+        return code
+    print(f"servd: exiting with {len(stuck)} call(s) still running past the drain: {', '.join(stuck)}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 async def _serve(spec: Spec, overrides: dict[str, Any]) -> int:

@@ -1,6 +1,8 @@
 """sd_notify without a dependency: one datagram to $NOTIFY_SOCKET per state change.
 
-A no-op when the variable is unset (not under systemd, or Type= isn't notify).
+A no-op when the variable is unset (not under systemd, or Type= isn't notify). The STATUS=
+texts are what `systemctl status servd` shows on its "Status:" line, so they are written for a
+person: what the daemon is doing, which config generation it serves, how much is queued.
 """
 
 from __future__ import annotations
@@ -26,16 +28,24 @@ def notify(*fields: str) -> bool:
 
 
 def ready(status: str) -> bool:
-    return notify("READY=1", f"STATUS={status}")
+    """READY=1: serving (after start, and after each reload, whatever its result)."""
+    return notify("READY=1", f"STATUS=serving: {status}")
+
+
+def serving(status: str) -> bool:
+    """Refresh the STATUS= text between state changes (e.g. the queue depth), in ready()'s words."""
+    return notify(f"STATUS=serving: {status}")
 
 
 def reloading() -> bool:
     """RELOADING=1 with MONOTONIC_USEC, which systemd 253+ requires for Type=notify-reload."""
-    return notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    return notify("RELOADING=1", f"MONOTONIC_USEC={usec}", "STATUS=reloading the config")
 
 
 def stopping(status: str) -> bool:
-    return notify("STOPPING=1", f"STATUS={status}")
+    """STOPPING=1: draining; systemd stops expecting watchdog pings."""
+    return notify("STOPPING=1", f"STATUS=stopping: {status}")
 
 
 def status(text: str) -> bool:
@@ -44,11 +54,15 @@ def status(text: str) -> bool:
 
 def watchdog_interval_s() -> float | None:
     """Half of $WATCHDOG_USEC (systemd's advice), or None when no watchdog is set for us."""
-    usec = os.environ.get("WATCHDOG_USEC")
+    usec = os.environ.get("WATCHDOG_USEC", "")
     pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
+    if pid and pid != str(os.getpid()):
+        return None  # the variables were meant for another process (we were started by it)
+    try:
+        value = int(usec)
+    except ValueError:
         return None
-    return int(usec) / 2_000_000
+    return value / 2_000_000 if value > 0 else None
 
 
 def watchdog() -> bool:

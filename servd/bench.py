@@ -1,0 +1,452 @@
+"""`servd bench URL --endpoint NAME`: closed-loop load against a running servd, and what it saw.
+
+N clients, each on its own connection, each sending its next request as soon as the last one
+ended (progress off: one answer per request). Latency is measured here; queue wait, run time
+and batch size come from each answer's `timing`. One asyncio process, so on a small machine
+the numbers include this process competing with the server for cores: pin them apart
+(taskset) when measuring for real.
+
+"lost" counts requests that got no answer at all while their connection stayed open, when the
+run ended plus a grace period: servd promises every admitted request one terminal message,
+so anything but 0 is a bug. A dropped connection is counted as the error `connection_lost`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from servd.client._http import Pool, Target
+from servd.client.errors import ConnectFailed, ServdError, error_from_body
+
+CONNECT_CHUNK = 32  # connections opened at once, to stay under the server's listen backlog
+PROGRESS_INTERVAL_S = 0.5
+MAX_CLIENTS = 10_000
+
+
+class Lost(Exception):
+    """The connection closed with a request in flight."""
+
+
+@dataclass(frozen=True)
+class Options:
+    url: str
+    endpoint: str
+    clients: tuple[int, ...] = (1,)
+    duration_s: float = 10.0
+    requests: int = 100_000
+    data_json: str = "null"
+    transport: str = "ws"
+    warmup_s: float = 1.0
+    token: str | None = None
+    drain_s: float = 30.0
+    connect_timeout_s: float = 10.0
+    progress: bool = False
+
+
+@dataclass
+class Recorder:
+    """What the measured requests (sent after the warm-up) got."""
+
+    totals: list[float] = field(default_factory=list)
+    queues: list[float] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)
+    batches: Counter[int] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    last_end: float = 0.0
+
+    def record(self, code: str, timing: dict[str, Any] | None, sent_at: float, ended_at: float) -> None:
+        self.last_end = max(self.last_end, ended_at)
+        if code != "completed":
+            self.errors[code] += 1
+            return
+        self.totals.append(ended_at - sent_at)
+        if timing:
+            self.queues.append(float(timing.get("queue_s", 0.0)))
+            self.runs.append(float(timing.get("run_s", 0.0)))
+            self.batches[int(timing.get("batch_size", 1))] += 1
+
+
+# -- channels: one client's connection -------------------------------------------------------
+
+
+class WsChannel:
+    def __init__(self, conn: Any, endpoint: str, data_json: str) -> None:
+        self.conn = conn
+        self.prefix = f'{{"type":"submit","endpoint":{json.dumps(endpoint)},"progress":false,"id":'
+        self.suffix = f',"data":{data_json}}}'
+        self.next_id = 0
+
+    @classmethod
+    async def open(cls, options: Options) -> WsChannel:
+        from tornado.httpclient import HTTPClientError, HTTPRequest
+        from tornado.websocket import websocket_connect
+
+        from servd.client._ws import _refusal
+
+        url = Target.parse(options.url).ws_url()
+        headers = {"Authorization": f"Bearer {options.token}"} if options.token else {}
+        timeout = options.connect_timeout_s
+        request = HTTPRequest(url, headers=headers, connect_timeout=timeout, request_timeout=timeout)
+        try:
+            conn = await websocket_connect(request, max_message_size=1 << 30)
+        except HTTPClientError as exc:
+            raise _refusal(url, exc) from None
+        except OSError as exc:
+            raise ConnectFailed(f"cannot connect to {url}: {exc}") from None
+        return cls(conn, options.endpoint, options.data_json)
+
+    async def call(self) -> tuple[str, dict[str, Any] | None]:
+        from tornado.websocket import WebSocketClosedError
+
+        self.next_id += 1
+        request_id = self.next_id
+        try:
+            await self.conn.write_message(f"{self.prefix}{request_id}{self.suffix}")
+        except WebSocketClosedError:
+            raise Lost from None
+        while True:
+            text = await self.conn.read_message()
+            if text is None:
+                raise Lost
+            message = json.loads(text)
+            if message.get("id") not in (request_id, None):
+                continue  # an answer to an earlier request that was counted as lost
+            if message.get("type") == "completed":
+                return "completed", message.get("timing")
+            return error_from_body(message).code, None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class HttpChannel:
+    def __init__(self, options: Options) -> None:
+        target = Target.parse(options.url)
+        self.pool = Pool(target, options.connect_timeout_s)
+        self.path = target.endpoint_path(options.endpoint)
+        self.body = f'{{"data":{options.data_json}}}'.encode()
+        self.headers = {"Host": target.netloc, "Content-Type": "application/json"}
+        if options.token:
+            self.headers["Authorization"] = f"Bearer {options.token}"
+
+    @classmethod
+    async def open(cls, options: Options) -> HttpChannel:
+        return cls(options)
+
+    async def call(self) -> tuple[str, dict[str, Any] | None]:
+        try:
+            response = await self.pool.request("POST", self.path, self.headers, self.body)
+            body = await response.read()
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            if isinstance(exc, ConnectionRefusedError):
+                raise ConnectFailed(f"cannot connect: {exc}") from None
+            raise Lost from None
+        self.pool.release(response.connection)
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            return f"http_{response.status}", None
+        if response.status == 200:
+            return "completed", answer.get("timing")
+        return error_from_body(answer, response.status).code, None
+
+    def close(self) -> None:
+        for connection in self.pool.idle:
+            connection.close()
+        self.pool.idle.clear()
+
+
+Channel = WsChannel | HttpChannel
+
+
+# -- one load level ----------------------------------------------------------------------------
+
+
+@dataclass
+class Level:
+    """One run at a fixed number of clients, from warm-up to drain."""
+
+    options: Options
+    clients: int
+    recorder: Recorder = field(default_factory=Recorder)
+    tickets: int = 0
+    start: float = 0.0
+    measure_from: float = 0.0
+    stop_at: float = 0.0
+    in_flight: int = 0
+
+    def keep_going(self, now: float) -> bool:
+        return now < self.stop_at and (now < self.measure_from or self.tickets > 0)
+
+    async def worker(self, channels: list[Channel], index: int) -> None:
+        loop = asyncio.get_running_loop()
+        while self.keep_going(sent_at := loop.time()):
+            measured = sent_at >= self.measure_from
+            if measured:
+                self.tickets -= 1
+                self.recorder.sent += 1
+            self.in_flight += 1
+            try:
+                code, timing = await channels[index].call()
+            except Lost:
+                code, timing = "connection_lost", None
+            finally:
+                self.in_flight -= 1
+            if measured:
+                self.recorder.record(code, timing, sent_at, loop.time())
+            if code == "connection_lost":
+                channels[index].close()
+                channels[index] = await _open(self.options)
+
+
+async def _open(options: Options) -> Channel:
+    if options.transport == "http":
+        return await HttpChannel.open(options)
+    return await WsChannel.open(options)
+
+
+async def _connect_all(options: Options, count: int) -> list[Channel]:
+    """`count` open channels, or none and the first error (the ones that did open are closed)."""
+    channels: list[Channel] = []
+    for first in range(0, count, CONNECT_CHUNK):
+        chunk = range(first, min(count, first + CONNECT_CHUNK))
+        opened = await asyncio.gather(*(_open(options) for _ in chunk), return_exceptions=True)
+        channels += [c for c in opened if isinstance(c, (WsChannel, HttpChannel))]
+        failure = next((e for e in opened if isinstance(e, BaseException)), None)
+        if failure is not None:
+            for channel in channels:
+                channel.close()
+            raise failure
+    return channels
+
+
+async def run_level(options: Options, clients: int) -> dict[str, Any]:
+    """Warm up, measure, drain; the level's summary as a JSON-ready dict."""
+    channels = await _connect_all(options, clients)
+    loop = asyncio.get_running_loop()
+    level = Level(options, clients, tickets=options.requests)
+    level.start = loop.time()
+    level.measure_from = level.start + options.warmup_s
+    level.stop_at = level.measure_from + options.duration_s
+    workers = [asyncio.ensure_future(level.worker(channels, i)) for i in range(clients)]
+    reporter = asyncio.ensure_future(_report(level)) if options.progress else None
+    try:
+        limit = level.stop_at - level.start + options.drain_s
+        await asyncio.wait(workers, timeout=limit, return_when=asyncio.FIRST_EXCEPTION)
+        lost = level.in_flight
+    finally:
+        for task in (*workers, reporter):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*workers, *([reporter] if reporter else []), return_exceptions=True)
+        for channel in channels:
+            channel.close()
+        if options.progress:
+            sys.stderr.write("\r\033[K")
+    for task in workers:
+        failure = None if task.cancelled() else task.exception()
+        if failure is not None:
+            raise failure
+    return summarize(level, lost)
+
+
+async def _report(level: Level) -> None:
+    """The live progress line on stderr."""
+    loop = asyncio.get_running_loop()
+    while True:
+        now = loop.time()
+        rec = level.recorder
+        if now < level.measure_from:
+            line = f"{level.clients:>5} clients  warm-up {now - level.start:4.1f}/{level.options.warmup_s:.1f}s"
+        else:
+            elapsed = max(now - level.measure_from, 1e-9)
+            done = len(rec.totals)
+            line = (
+                f"{level.clients:>5} clients  {min(elapsed, level.options.duration_s):5.1f}/"
+                f"{level.options.duration_s:.1f}s  {done} completed  {done / elapsed:8.1f} req/s  "
+                f"{sum(rec.errors.values())} errors  {level.in_flight} in flight"
+            )
+        sys.stderr.write("\r\033[K" + line)
+        sys.stderr.flush()
+        await asyncio.sleep(PROGRESS_INTERVAL_S)
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    ordered = sorted(values)
+
+    def at(q: float) -> float | None:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 6) if ordered else None
+
+    return {"p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": at(1.0)}
+
+
+def summarize(level: Level, lost: int) -> dict[str, Any]:
+    rec = level.recorder
+    elapsed = max(rec.last_end - level.measure_from, 0.0)
+    completed = len(rec.totals)
+    return {
+        "clients": level.clients,
+        "sent": rec.sent,
+        "completed": completed,
+        "errors": dict(sorted(rec.errors.items())),
+        "lost": lost,
+        "elapsed_s": round(elapsed, 4),
+        "throughput_rps": round(completed / elapsed, 2) if elapsed > 0 else 0.0,
+        "latency_s": {
+            "total": _percentiles(rec.totals),
+            "queue": _percentiles(rec.queues),
+            "run": _percentiles(rec.runs),
+        },
+        "batch_sizes": {str(size): count for size, count in sorted(rec.batches.items())},
+    }
+
+
+async def run(options: Options) -> list[dict[str, Any]]:
+    """Every level of the sweep, one after the other."""
+    return [await run_level(options, clients) for clients in options.clients]
+
+
+# -- output ------------------------------------------------------------------------------------
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value * 1000:.2f}"
+
+
+def _errors_text(errors: dict[str, int]) -> str:
+    return ", ".join(f"{code} {count}" for code, count in errors.items()) or "none"
+
+
+def _batch_mean(batches: dict[str, int]) -> str:
+    count = sum(batches.values())
+    return f"{sum(int(size) * n for size, n in batches.items()) / count:.2f}" if count else "-"
+
+
+def summary_text(options: Options, level: dict[str, Any]) -> str:
+    """One level in full: counts, throughput, latency split, batch histogram, errors by code."""
+    lat = level["latency_s"]
+    lines = [
+        f"servd bench {options.url} endpoint={options.endpoint} transport={options.transport} "
+        f"clients={level['clients']} warm-up={options.warmup_s}s",
+        f"requests     {level['sent']} sent, {level['completed']} completed, "
+        f"{sum(level['errors'].values())} errors, {level['lost']} lost",
+        f"throughput   {level['throughput_rps']:.1f} req/s over {level['elapsed_s']:.2f} s",
+        f"latency ms   {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}",
+    ]
+    for label, key in (("total", "total"), ("queue wait", "queue"), ("run", "run")):
+        row = lat[key]
+        lines.append(
+            f"  {label:<11}{_ms(row['p50']):>9} {_ms(row['p90']):>9} {_ms(row['p99']):>9} {_ms(row['max']):>9}"
+        )
+    done = max(1, level["completed"])
+    batches = "  ".join(f"{size}: {n} ({100 * n / done:.0f}%)" for size, n in level["batch_sizes"].items())
+    lines.append(f"batch sizes  {batches or '-'}")
+    lines.append(f"errors       {_errors_text(level['errors'])}")
+    return "\n".join(lines)
+
+
+def table_text(options: Options, levels: list[dict[str, Any]]) -> str:
+    """A sweep: one row per number of clients."""
+    head = (
+        f"{'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+        f"{'wait p50':>8} {'run p50':>8} {'batch':>6} {'errors':>7} {'lost':>5}"
+    )
+    rows = [f"servd bench {options.url} endpoint={options.endpoint} transport={options.transport}", head]
+    for level in levels:
+        total, lat = level["latency_s"]["total"], level["latency_s"]
+        rows.append(
+            f"{level['clients']:>7} {level['throughput_rps']:>9.1f} {_ms(total['p50']):>8} {_ms(total['p90']):>8} "
+            f"{_ms(total['p99']):>8} {_ms(total['max']):>8} {_ms(lat['queue']['p50']):>8} "
+            f"{_ms(lat['run']['p50']):>8} {_batch_mean(level['batch_sizes']):>6} "
+            f"{sum(level['errors'].values()):>7} {level['lost']:>5}"
+        )
+    errors = [f"  {level['clients']} clients: {_errors_text(level['errors'])}" for level in levels if level["errors"]]
+    return "\n".join(rows + (["errors by code:", *errors] if errors else []))
+
+
+# -- command line ------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("url", help="the server, e.g. ws://127.0.0.1:8700 (http:// works too)")
+    parser.add_argument("--endpoint", required=True, help="endpoint to load")
+    parser.add_argument("--clients", default="1", help="concurrent clients; a list (1,16,64,256) sweeps")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds measured per level (default 10)")
+    parser.add_argument("--requests", type=int, default=100_000, help="at most this many per level (default 100000)")
+    payload = parser.add_mutually_exclusive_group()
+    payload.add_argument("--data", default="null", help="request data as a JSON literal (default null)")
+    payload.add_argument("--data-file", type=Path, help="request data from a JSON file")
+    parser.add_argument("--transport", choices=("ws", "http"), default="ws", help="websocket (default) or HTTP POST")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first (default 1)")
+    parser.add_argument("--token", default=os.environ.get("SERVD_TOKEN"), help="bearer token (default $SERVD_TOKEN)")
+    parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for answers at the end (default 30)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    """Checked Options from parsed arguments; raises ValueError naming the bad one."""
+    try:
+        clients = tuple(int(part) for part in args.clients.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"--clients must be integers separated by commas, got {args.clients!r}") from None
+    if not clients or not all(1 <= n <= MAX_CLIENTS for n in clients):
+        raise ValueError(f"--clients must be between 1 and {MAX_CLIENTS}, got {args.clients!r}")
+    if args.duration <= 0 or args.requests < 1 or args.warmup < 0 or args.drain < 0:
+        raise ValueError("--duration and --requests must be positive, --warmup and --drain not negative")
+    text = args.data_file.read_text("utf-8") if args.data_file else args.data
+    try:
+        data_json = json.dumps(json.loads(text), separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise ValueError(f"{'--data-file' if args.data_file else '--data'} is not valid JSON: {exc}") from None
+    Target.parse(args.url)
+    return Options(
+        url=args.url, endpoint=args.endpoint, clients=clients, duration_s=args.duration, requests=args.requests,
+        data_json=data_json, transport=args.transport, warmup_s=args.warmup, token=args.token or None,
+        drain_s=args.drain, progress=not args.no_progress and sys.stderr.isatty(),
+    )  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the bench from parsed arguments: 0, or 1 when a request was lost or the server unreachable."""
+    try:
+        options = options_from(args)
+    except (ValueError, OSError) as exc:
+        print(f"servd bench: {exc}", file=sys.stderr)
+        return 2
+    try:
+        levels = asyncio.run(run(options))
+    except ServdError as exc:
+        print(f"servd bench: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        header = {"url": options.url, "endpoint": options.endpoint, "transport": options.transport}
+        run_info = {"duration_s": options.duration_s, "warmup_s": options.warmup_s, "requests": options.requests}
+        print(json.dumps({**header, **run_info, "levels": levels}, indent=2))
+    elif len(levels) == 1:
+        print(summary_text(options, levels[0]))
+    else:
+        print(table_text(options, levels))
+    return 1 if any(level["lost"] for level in levels) else 0
+
+
+def cli(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="servd bench", description=__doc__.split("\n")[0] if __doc__ else None)
+    add_arguments(parser)
+    return main(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(cli())

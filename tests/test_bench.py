@@ -1,0 +1,185 @@
+"""`servd bench` against the real daemon: throughput of an endpoint of known cost, errors by code, lost requests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+from typing import Any
+
+from tornado.httpserver import HTTPServer
+from tornado.netutil import bind_sockets
+from tornado.web import Application
+from tornado.websocket import WebSocketHandler
+
+from servd import bench
+from tests.harness import serve
+
+SLEEP_S = 0.02
+CONCURRENCY = 4
+IDEAL_RPS = CONCURRENCY / SLEEP_S  # 200 req/s: the endpoint's capacity, whatever the client count above 4
+
+CONFIG = f"""
+version: 1
+endpoints:
+  sleep:
+    entrypoint: examples.faults:sleep
+    concurrency: {CONCURRENCY}
+  tiny:
+    entrypoint: examples.faults:sleep
+    queue: {{max_size: 2}}
+  echo:
+    entrypoint: examples.echo:echo
+"""
+RUN_LIMIT_S = 120
+
+
+async def run_bench(url: str, *args: str) -> tuple[int, str, str]:
+    """`python -m servd bench URL ARGS...` in a subprocess, so the in-process daemon keeps serving."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "servd", "bench", url, *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), RUN_LIMIT_S)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+def one_level(stdout: str) -> dict[str, Any]:
+    levels = json.loads(stdout)["levels"]
+    assert len(levels) == 1
+    return levels[0]
+
+
+async def test_throughput_of_a_sleep_endpoint_is_near_its_capacity(tmp_path):
+    """8 clients on a 20 ms endpoint with 4 slots measure roughly 200 req/s, every request answered."""
+    async with serve(tmp_path, CONFIG) as d:
+        rc, out, err = await run_bench(
+            d.ws_url, "--endpoint", "sleep", "--data", str(SLEEP_S), "--clients", "8",
+            "--duration", "3", "--warmup", "0.5", "--json",
+        )  # fmt: skip
+    assert rc == 0, err
+    level = one_level(out)
+    assert 0.4 * IDEAL_RPS <= level["throughput_rps"] <= 1.1 * IDEAL_RPS, level
+    assert level["errors"] == {} and level["lost"] == 0
+    assert level["completed"] == level["sent"] > 0
+    assert level["latency_s"]["run"]["p50"] >= SLEEP_S
+    assert level["batch_sizes"] == {"1": level["completed"]}
+
+
+async def test_queue_overflow_is_counted_by_code_over_websocket(tmp_path):
+    """Many clients on a queue of 2: queue_full errors are counted, every request is answered, none lost."""
+    async with serve(tmp_path, CONFIG) as d:
+        rc, out, err = await run_bench(
+            d.ws_url, "--endpoint", "tiny", "--data", "0.01", "--clients", "16",
+            "--duration", "2", "--warmup", "0", "--requests", "1500", "--json",
+        )  # fmt: skip
+    assert rc == 0, err
+    level = one_level(out)
+    assert level["errors"].get("queue_full", 0) > 0 and level["completed"] > 0
+    assert set(level["errors"]) == {"queue_full"}
+    assert level["lost"] == 0
+    assert level["sent"] == level["completed"] + sum(level["errors"].values())
+
+
+async def test_queue_overflow_over_http_prints_the_summary(tmp_path):
+    """Over HTTP the text summary shows throughput, the latency split, batch sizes and errors by code."""
+    async with serve(tmp_path, CONFIG) as d:
+        rc, out, err = await run_bench(
+            d.url, "--endpoint", "tiny", "--data", "0.01", "--clients", "8", "--transport", "http",
+            "--duration", "1.5", "--warmup", "0", "--requests", "800",
+        )  # fmt: skip
+    assert rc == 0, err
+    assert re.search(r"^requests +\d+ sent, \d+ completed, \d+ errors, 0 lost$", out, re.M), out
+    assert re.search(r"^throughput +[\d.]+ req/s", out, re.M)
+    for row in ("total", "queue wait", "run"):
+        assert re.search(rf"^  {row} +[\d.]+ +[\d.]+ +[\d.]+ +[\d.]+$", out, re.M), out
+    assert re.search(r"^batch sizes +1: \d+ \(100%\)$", out, re.M)
+    assert re.search(r"^errors +queue_full \d+$", out, re.M)
+
+
+async def test_client_sweep_prints_one_row_per_level(tmp_path):
+    """--clients 1,3 runs two levels and prints a table with a row for each."""
+    async with serve(tmp_path, CONFIG) as d:
+        rc, out, err = await run_bench(
+            d.ws_url, "--endpoint", "echo", "--data", '{"x": 1}', "--clients", "1,3", "--duration", "0.5",
+            "--warmup", "0",
+        )  # fmt: skip
+    assert rc == 0, err
+    rows = [line.split() for line in out.splitlines() if re.match(r"^ +\d+ ", line)]
+    assert [row[0] for row in rows] == ["1", "3"]
+    assert all(row[-1] == "0" for row in rows)  # lost
+
+
+async def test_data_file_is_sent_as_the_payload(tmp_path):
+    """--data-file sends the file's JSON; the endpoint's answers are counted as completed."""
+    payload = tmp_path / "payload.json"
+    payload.write_text(json.dumps({"s": 0}))
+    async with serve(tmp_path, CONFIG) as d:
+        rc, out, err = await run_bench(
+            d.ws_url, "--endpoint", "sleep", "--data-file", str(payload), "--requests", "20",
+            "--duration", "5", "--warmup", "0", "--json",
+        )  # fmt: skip
+    assert rc == 0, err
+    level = one_level(out)
+    assert level["sent"] == level["completed"] == 20
+
+
+async def test_progress_line_goes_to_stderr(tmp_path, capsys):
+    """With progress on, a live line with the rate and errors is written to stderr (and cleared)."""
+    async with serve(tmp_path, CONFIG) as d:
+        options = bench.Options(url=d.ws_url, endpoint="echo", duration_s=0.8, warmup_s=0.2, progress=True)
+        level = await bench.run_level(options, 2)
+    err = capsys.readouterr().err
+    assert "warm-up" in err and "req/s" in err and "errors" in err
+    assert err.endswith("\r\033[K")
+    assert level["lost"] == 0 and level["completed"] > 0
+
+
+class Silent(WebSocketHandler):
+    """A server that accepts submits and never answers them."""
+
+    def on_message(self, message: str | bytes) -> None:
+        pass
+
+
+async def test_requests_without_an_answer_are_reported_lost(tmp_path):
+    """Against a server that never answers, every client's request is counted as lost and bench exits 1."""
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(Application([(r"/v1/ws", Silent)]))
+    server.add_sockets(sockets)
+    try:
+        port = sockets[0].getsockname()[1]
+        rc, out, _ = await run_bench(
+            f"ws://127.0.0.1:{port}", "--endpoint", "e", "--clients", "2", "--duration", "0.3", "--warmup", "0",
+            "--drain", "0.5", "--json",
+        )  # fmt: skip
+    finally:
+        server.stop()
+        await server.close_all_connections()
+    assert rc == 1
+    level = one_level(out)
+    assert level["lost"] == 2 and level["completed"] == 0
+
+
+def test_bad_arguments_exit_2_with_a_message(capsys):
+    """Invalid JSON data or client counts are refused before anything is sent."""
+    assert bench.cli(["ws://127.0.0.1:1", "--endpoint", "e", "--data", "{"]) == 2
+    assert "--data is not valid JSON" in capsys.readouterr().err
+    assert bench.cli(["ws://127.0.0.1:1", "--endpoint", "e", "--clients", "0,4"]) == 2
+    assert "--clients must be between 1" in capsys.readouterr().err
+
+
+def test_unreachable_server_exits_1(capsys):
+    """Nothing listening: bench says it cannot connect and exits 1."""
+    sockets = bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    for sock in sockets:
+        sock.close()
+    assert bench.cli([f"ws://127.0.0.1:{port}", "--endpoint", "e", "--duration", "0.2", "--warmup", "0"]) == 1
+    assert "cannot connect" in capsys.readouterr().err
