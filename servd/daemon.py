@@ -19,7 +19,7 @@ from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from servd import __version__, auth, devices, entrypoints, logs, systemd
+from servd import __version__, auth, devices, entrypoints, hostcheck, logs, systemd
 from servd.app import HARD_FRAME_FACTOR, listener_settings, make_app
 from servd.check import load_checked
 from servd.endpoint import Endpoint
@@ -97,6 +97,7 @@ class Daemon:
                 endpoint.end_all(ErrorCode.UNAVAILABLE, "the daemon failed to start")
             raise
         self._apply_torch_threads()
+        self._check_host()
         if watch:
             self._watcher = ConfigWatcher(self.spec.path, self.loop, self._config_touched)
             self._watcher.start()
@@ -142,6 +143,15 @@ class Daemon:
         endpoint = Endpoint(spec, self.runner, metrics, self.log, self.loop)
         self.endpoints[spec.name] = endpoint
         return endpoint
+
+    def _check_host(self) -> None:
+        _, warning = hostcheck.raise_open_files_limit(self.spec.server.max_connections)
+        if warning:
+            self.log.warning("open files limit", detail=warning)
+        code_files = [entrypoints.module_file(e.entrypoint) for e in self.spec.endpoints.values()]
+        watched = [self.spec.path, self.spec.path.parent, *(f.parent for f in code_files if f is not None)]
+        for warning in hostcheck.writable_by_others(watched):
+            self.log.warning("insecure permissions", detail=warning)
 
     def _apply_torch_threads(self) -> None:
         cpu_calls = sum(
@@ -206,6 +216,11 @@ class Daemon:
         if self.shutting_down:
             raise ServdError(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
         self.endpoint(name).submit(request)
+
+    def note_rejected(self, name: str | None, error: ServdError) -> None:
+        """Count a refusal for /metrics, under the endpoint's name only if it is one we serve."""
+        known = name if name in self.endpoints or any(e.name == name for e in self.retiring) else ""
+        self.metrics.note_rejected(known or "", error.code.word)
 
     def next_http_id(self) -> str:
         return f"http-{next(self._http_ids)}"

@@ -106,11 +106,7 @@ class Endpoint:
 
     def submit(self, request: Request) -> None:
         """Admit `request` or raise ServdError (nothing is queued then)."""
-        try:
-            self._admission_check(request)
-        except ServdError as exc:
-            self.metrics.rejected(exc.code.word)
-            raise
+        self._admission_check(request)
         now = self.loop.time()
         request.admitted_at = now
         request.endpoint = self

@@ -104,6 +104,13 @@ def _import(module_name: str, ref: str, fresh: bool) -> ModuleType:
     return module
 
 
+def module_file(ref: str) -> Path | None:
+    """The source file of an imported entrypoint's module (None if not imported or built in)."""
+    module = sys.modules.get(ref.partition(":")[0])
+    file = getattr(module, "__file__", None)
+    return Path(file) if file else None
+
+
 def changed_since(ref: str, code_mtime: float) -> bool:
     """Whether the module file of `ref` differs from the one a served model was built from."""
     module = sys.modules.get(ref.partition(":")[0])

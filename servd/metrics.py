@@ -12,7 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
 from prometheus_client.metrics import MetricWrapperBase
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped upstream) *_created series help nobody
@@ -43,7 +51,7 @@ class MetricDef:
 EP = ("endpoint",)
 METRICS = (
     MetricDef("requests", "servd_requests", Counter, (*EP, "outcome"), "Admitted requests by how they ended (completed or an error code)."),
-    MetricDef("rejected", "servd_rejected", Counter, (*EP, "reason"), "Requests refused before admission, by error code."),
+    MetricDef("rejected", "servd_rejected", Counter, (*EP, "reason"), "Requests refused before admission, by error code (endpoint \"\" when unknown)."),
     MetricDef("queue_depth", "servd_queue_depth", Gauge, EP, "Requests waiting in the queue."),
     MetricDef("running", "servd_running", Gauge, EP, "Requests running now."),
     MetricDef("working_batch_size", "servd_working_batch_size", Gauge, EP, "Largest batch the endpoint forms now (lowered after out-of-memory)."),
@@ -73,6 +81,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_open_fds vs max_fds, RSS, CPU: standard names
         for d in METRICS:
             extra: dict[str, Any] = {"buckets": d.buckets} if d.buckets else {}
             setattr(self, d.attr, d.kind(d.name, d.help, d.labels, registry=self.registry, **extra))
@@ -98,6 +107,10 @@ class Metrics:
             for labels in [key for key in metric._metrics if key[0] == name]:
                 metric.remove(*labels)
 
+    def note_rejected(self, endpoint: str, reason: str) -> None:
+        """A refused request; `endpoint` must be a configured name or "" (never client text: cardinality)."""
+        self.rejected.labels(endpoint, reason).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -120,6 +133,3 @@ class EndpointMetrics:
         if child is None:
             child = self._outcomes[outcome] = self.metrics.requests.labels(self.name, outcome)
         child.inc()
-
-    def rejected(self, reason: str) -> None:
-        self.metrics.rejected.labels(self.name, reason).inc()

@@ -47,7 +47,7 @@ def parse(text: str | bytes) -> Submit | Cancel:
     if isinstance(text, bytes):
         raise ProtocolError("binary frames are not supported; send JSON text")
     try:
-        message = json.loads(text, parse_constant=reject_constant)
+        message = _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"message is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
@@ -91,8 +91,11 @@ def _submit(message: dict[str, Any], request_id: str | int) -> Submit:
     return Submit(request_id, endpoint, message["data"], progress)
 
 
+_DECODER = json.JSONDecoder(parse_constant=reject_constant)
+
+
 def encode_id(request_id: str | int | None) -> str:
-    return json.dumps(request_id)
+    return str(request_id) if type(request_id) is int else json.dumps(request_id)
 
 
 def queued(request_id: str | int, rank: int, queue_size: int, eta_s: float | None, kind: str = "queued") -> str:

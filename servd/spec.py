@@ -34,6 +34,7 @@ class ServerSpec:
     max_threads: int = 40
     max_message_bytes: int = 16 * 1024 * 1024
     max_client_buffer_bytes: int = 64 * 1024 * 1024
+    max_connections: int = 10000
     allowed_origins: tuple[str, ...] = ("*",)
     tokens_file: Path | None = None
     drain_timeout_s: float = 30.0
@@ -139,6 +140,7 @@ def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
         max_threads=server["max_threads"],
         max_message_bytes=server["max_message_bytes"],
         max_client_buffer_bytes=server["max_client_buffer_bytes"],
+        max_connections=server["max_connections"],
         allowed_origins=tuple(server["allowed_origins"]),
         tokens_file=(file.parent / tokens).resolve() if tokens else None,
         drain_timeout_s=float(server["drain_timeout_s"]),

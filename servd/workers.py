@@ -10,16 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from tornado.ioloop import IOLoop
+from tornado.log import app_log
 
 from servd.devices import is_oom, loaded_torch, sync_torch_threads
 from servd.entrypoints import Model
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 class BatchContractError(Exception):
@@ -60,33 +65,105 @@ class Runner(Protocol):
     def shutdown(self) -> None: ...
 
 
+class _Pool:
+    """Worker threads on one SimpleQueue; a thread is started only when none is idle."""
+
+    def __init__(self, max_threads: int, work: Callable[[Job], None]) -> None:
+        self.max_threads = max_threads
+        self._work = work
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            elif len(self._threads) < self.max_threads:
+                thread = threading.Thread(target=self._run, name=f"servd-worker_{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        jobs = self._jobs
+        while True:
+            job = jobs.get()
+            if job is None:
+                return
+            self._work(job)
+            del job
+            with self._lock:
+                self._idle += 1
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
 class LocalRunner:
-    """The shared ThreadPoolExecutor of `server.max_threads` threads."""
+    """The shared pool of `server.max_threads` threads.
+
+    Per request the expensive part is not Python but handing work between the loop and a worker
+    (each wake-up is a system call and, on one core, a GIL hand-over). So jobs started in one
+    loop iteration are handed over together, and results that finish close together come back
+    with one wake-up of the loop. The pool's threads are daemon threads: a call still running
+    after the drain deadline must not keep the process from exiting.
+    """
 
     def __init__(self, max_threads: int, loop: IOLoop) -> None:
         self._loop = loop
-        self._pool = ThreadPoolExecutor(max_threads, thread_name_prefix="servd-worker")
+        self._pool = _Pool(max_threads, self._work)
         self.max_threads = max_threads
+        self._inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._wake_pending = False
+        self._pending: list[Job] = []
+
+    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Worker thread: queue a call for the loop; one wake-up per burst, order kept."""
+        self._inbox.append((fn, args))
+        if not self._wake_pending:
+            self._wake_pending = True
+            self._loop.add_callback(self._drain)
+
+    def _drain(self) -> None:
+        self._wake_pending = False
+        inbox = self._inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            try:
+                fn(*args)
+            except Exception:  # noqa: BLE001 - one broken report must not stop the ones behind it
+                app_log.exception("servd: a worker report failed on the loop: %r", fn)
 
     def run(self, job: Job) -> None:
-        self._pool.submit(self._work, job)
+        """Jobs started during one loop iteration are handed to the pool together, at its end."""
+        self._pending.append(job)
+        if len(self._pending) == 1:
+            self._loop.asyncio_loop.call_soon(self._hand_over)  # type: ignore[attr-defined]
+
+    def _hand_over(self) -> None:
+        pending, self._pending = self._pending, []
+        for job in pending:
+            self._pool.submit(job)
 
     def resize(self, max_threads: int) -> None:
         """New jobs go to a pool of the new size; the old one finishes what it runs, then exits."""
         if max_threads != self.max_threads:
-            old, self._pool = self._pool, ThreadPoolExecutor(max_threads, thread_name_prefix="servd-worker")
+            old, self._pool = self._pool, _Pool(max_threads, self._work)
             self.max_threads = max_threads
-            old.shutdown(wait=False)
+            old.shutdown()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=False)
+        self._pool.shutdown()
 
     def _work(self, job: Job) -> None:
         try:
-            result = execute(job, lambda offset, texts: self._loop.add_callback(job.on_partial, offset, texts))
+            result = execute(job, lambda offset, texts: self._to_loop(job.on_partial, offset, texts))
         except BaseException as exc:  # noqa: BLE001 - the loop must hear back whatever happened
             result = BatchResult([Outcome(error=exc) for _ in job.inputs], 0.0)
-        self._loop.add_callback(job.on_done, result)
+        self._to_loop(job.on_done, result)
 
 
 def execute(job: Job, emit: Callable[[int, list[str]], None]) -> BatchResult:
@@ -213,7 +290,7 @@ def _checked_batch(values: Any, size: int) -> list[Any]:
 
 def _encode(value: Any) -> Outcome:
     try:
-        return Outcome(data_json=json.dumps(value, separators=(",", ":"), allow_nan=False))
+        return Outcome(data_json=_ENCODER.encode(value))
     except (TypeError, ValueError) as exc:
         return Outcome(error=NotJSON(f"the entrypoint returned a value that is not JSON: {exc}"))
 

@@ -98,6 +98,7 @@ class EndpointHTTP(JSONHandler):
         return body["data"]
 
     def _refuse(self, error: ServdError, name: str | None = None) -> None:
+        self.daemon.note_rejected(name, error)
         if self.streaming and self._headers_written:
             self._event("error", protocol.error(None, error.code, error.message))
             self.finish()

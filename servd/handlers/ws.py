@@ -34,7 +34,7 @@ class QueueSocket(WebSocketHandler):
         self.gone = False
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Refuse before the upgrade: wrong token (401), unknown endpoint (404)."""
+        """Refuse before the upgrade: wrong token (401), unknown endpoint (404), full or draining (503)."""
         token = auth.presented_token(self.request)
         if not auth.is_valid(token, self.daemon.tokens):
             return self._refuse(
@@ -43,13 +43,21 @@ class QueueSocket(WebSocketHandler):
         name = kwargs.get("name")
         if name is not None and name not in self.daemon.endpoints:
             return self._refuse(ErrorCode.UNKNOWN_ENDPOINT, f"no endpoint {name!r}")
+        limit = self.daemon.spec.server.max_connections
+        if len(self.daemon.connections) >= limit:
+            return self._refuse(ErrorCode.UNAVAILABLE, f"server.max_connections={limit} reached; retry later")
+        if self.daemon.shutting_down:
+            return self._refuse(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
         self.fixed_endpoint = name
         self.client = auth.client_key(self.request, token)
         await super().get(*args, **kwargs)
 
     def _refuse(self, code: ErrorCode, message: str) -> None:
+        self.daemon.note_rejected(None, ServdError(code, message))
         self.set_status(code.http_status)
         self.set_header("Content-Type", "application/json")
+        if code is ErrorCode.UNAUTHORIZED:
+            self.set_header("WWW-Authenticate", 'Bearer realm="servd"')  # RFC 9110: a 401 must carry one
         self.finish(protocol.error(None, code, message))
 
     def check_origin(self, origin: str) -> bool:
@@ -65,17 +73,14 @@ class QueueSocket(WebSocketHandler):
 
     def on_message(self, message: str | bytes) -> None:
         limit = self.daemon.spec.server.max_message_bytes
-        if len(message) > limit:
-            self._write(
-                protocol.error(
-                    None, ErrorCode.TOO_LARGE, f"message is {len(message)} bytes; server.max_message_bytes={limit}"
-                )
-            )
+        size = _wire_size(message)
+        if size > limit:
+            self._reject(None, ErrorCode.TOO_LARGE, f"message is {size} bytes; server.max_message_bytes={limit}")
             return
         try:
             parsed = protocol.parse(message)
         except protocol.ProtocolError as exc:
-            self._write(protocol.error(exc.id, ErrorCode.BAD_REQUEST, exc.message))
+            self._reject(exc.id, ErrorCode.BAD_REQUEST, exc.message)
             return
         if isinstance(parsed, protocol.Cancel):
             request = self.in_flight.get(parsed.id)
@@ -86,17 +91,15 @@ class QueueSocket(WebSocketHandler):
 
     def _submit(self, submit: protocol.Submit) -> None:
         if submit.id in self.in_flight:
-            self._write(
-                protocol.error(None, ErrorCode.BAD_REQUEST, f"id {submit.id!r} is already in flight on this connection")
-            )
+            self._reject(None, ErrorCode.BAD_REQUEST, f"id {submit.id!r} is already in flight on this connection")
             return
         name = self.fixed_endpoint or submit.endpoint
         if name is None:
-            self._write(protocol.error(submit.id, ErrorCode.BAD_REQUEST, "submit needs 'endpoint' on /v1/ws"))
+            self._reject(submit.id, ErrorCode.BAD_REQUEST, "submit needs 'endpoint' on /v1/ws")
             return
         if self.fixed_endpoint and submit.endpoint not in (None, self.fixed_endpoint):
             message = f"this socket serves endpoint {self.fixed_endpoint!r}, not {submit.endpoint!r}"
-            self._write(protocol.error(submit.id, ErrorCode.BAD_REQUEST, message))
+            self._reject(submit.id, ErrorCode.BAD_REQUEST, message, name)
             return
         request = Request(submit.id, self.client, submit.data, self, progress=submit.progress)
         self.in_flight[submit.id] = request
@@ -104,7 +107,12 @@ class QueueSocket(WebSocketHandler):
             self.daemon.admit(name, request)
         except ServdError as exc:
             del self.in_flight[submit.id]
-            self._write(protocol.error(submit.id, exc.code, exc.message))
+            self._reject(submit.id, exc.code, exc.message, name)
+
+    def _reject(self, request_id: str | int | None, code: ErrorCode, message: str, endpoint: str | None = None) -> None:
+        """Refuse one message: the client gets the error, /metrics counts it."""
+        self.daemon.note_rejected(endpoint, ServdError(code, message))
+        self._write(protocol.error(request_id, code, message))
 
     # -- Sink ------------------------------------------------------------------------------
 
@@ -140,3 +148,10 @@ class QueueSocket(WebSocketHandler):
         for request in list(self.in_flight.values()):
             request.endpoint.cancel(request, "the client disconnected")
         self.in_flight.clear()
+
+
+def _wire_size(message: str | bytes) -> int:
+    """Bytes the message took on the wire: max_message_bytes counts UTF-8 bytes, not characters."""
+    if isinstance(message, bytes) or message.isascii():
+        return len(message)
+    return len(message.encode("utf-8"))

@@ -1,0 +1,286 @@
+"""servd on a torch model against the same model called in-process, on one core each.
+
+examples.mlp:MLP (256-1024-1024-16) is served by `servd run` with batch.max_size 32 and a short
+max_delay_ms, concurrency 1 and server.torch_threads 1, pinned to one core; N closed-loop
+clients each keep one request in flight. The in-process limit is the same model called
+directly with JSON-decoded lists (list-to-tensor conversion included) at batch 1 and batch 32,
+in a fresh process pinned to the same core with torch.set_num_threads(1).
+
+    python -m benchmarks.mlp [--quick] [--clients 1,64,256] [--duration 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from benchmarks import common
+
+BATCH = 32
+MAX_DELAY_MS = 2
+INPUTS = 256  # distinct inputs cycled through in-process
+TARGET_SHARE_AT_64 = 0.35
+TARGET_P99_MS_AT_64 = 50.0
+
+
+def inputs(count: int, seed: int = 0) -> list[str]:
+    """`count` JSON texts of 256 numbers each (4 decimals, as a client would send them)."""
+    rng = random.Random(seed)
+    return [json.dumps([round(rng.uniform(-1, 1), 4) for _ in range(256)]) for _ in range(count)]
+
+
+def endpoint_yaml() -> str:
+    return (
+        "  mlp:\n"
+        "    entrypoint: examples.mlp:MLP\n"
+        "    device: cpu\n"
+        "    concurrency: 1\n"
+        f"    batch: {{max_size: {BATCH}, max_delay_ms: {MAX_DELAY_MS}}}\n"
+    )
+
+
+# -- in-process (runs in its own pinned process: python -m benchmarks.mlp --in-process) --------
+
+
+def in_process(warmup_s: float, duration_s: float) -> dict[str, Any]:
+    import torch
+
+    from examples.mlp import MLP
+
+    torch.set_num_threads(1)
+    model = MLP()
+    texts = inputs(INPUTS)
+    results: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    for batch in (1, BATCH):
+        for with_json in (False, True):
+            decoded = [json.loads(t) for t in texts]
+            latencies: list[float] = []
+            i = 0
+            started = time.perf_counter()
+            window_start = started + warmup_s
+            end = window_start + duration_s
+            count = 0
+            while True:
+                now = time.perf_counter()
+                if now >= end:
+                    break
+                chunk = range(i, i + batch)
+                i = (i + batch) % (INPUTS - BATCH)
+                t0 = time.perf_counter()
+                if with_json:  # what servd's worker adds: decoding inputs, encoding each output
+                    outputs = model([json.loads(texts[j]) for j in chunk])
+                    [json.dumps(o, separators=(",", ":")) for o in outputs]
+                else:
+                    model([decoded[j] for j in chunk])
+                t1 = time.perf_counter()
+                if t0 >= window_start:
+                    latencies.append(t1 - t0)
+                    count += batch
+            elapsed = sum(latencies)
+            key = f"batch{batch}" + ("_json" if with_json else "")
+            p50, p99 = common.percentile(latencies, 0.5), common.percentile(latencies, 0.99)
+            results[key] = {
+                "batch": batch,
+                "calls": len(latencies),
+                "samples_per_s": count / elapsed if elapsed else None,
+                "call_p50_ms": None if p50 is None else p50 * 1000,
+                "call_p99_ms": None if p99 is None else p99 * 1000,
+            }
+    return results
+
+
+def run_in_process(warmup_s: float, duration_s: float) -> dict[str, Any]:
+    argv = [*common.pin_prefix(common.SERVER_CORE), sys.executable, "-m", "benchmarks.mlp", "--in-process"]
+    argv += ["--warmup", str(warmup_s), "--duration", str(duration_s)]
+    budget = 60 + 4 * (warmup_s + duration_s) * 2
+    done = subprocess.run(argv, cwd=common.ROOT, capture_output=True, timeout=budget, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"in-process run failed ({done.returncode}):\n{done.stderr.decode()[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout.decode().strip().splitlines()[-1])
+    return result
+
+
+# -- servd -----------------------------------------------------------------------------------
+
+
+def batch_counters(server: common.Server) -> tuple[float, float]:
+    """(sum, count) of servd_batch_size for the mlp endpoint, from /metrics."""
+    with urllib.request.urlopen(f"http://{common.HOST}:{server.port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+
+    def value(name: str) -> float:
+        match = re.search(rf'^servd_batch_size_{name}\{{endpoint="mlp"\}} (\S+)$', text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    return value("sum"), value("count")
+
+
+def run(
+    *,
+    clients: tuple[int, ...] = (1, 64, 256),
+    warmup_s: float = 1.0,
+    duration_s: float = 5.0,
+    compare: tuple[tuple[str, Path], ...] = (),
+) -> dict[str, Any]:
+    info = common.machine_info()
+    common.pin_self(common.CLIENT_CORE)
+    common.print_machine(info)
+    print("  in-process (pinned to the server's core, torch threads 1) ...", flush=True)
+    before = run_in_process(warmup_s, duration_s)
+    _print_in_process(before)
+    workload = common.servd_workload("mlp", json.loads(inputs(1)[0]))
+    measurements: dict[str, list[dict[str, Any]]] = {}
+    with common.workdir() as work, common.servers() as running:
+        config = common.servd_config(endpoint_yaml(), log_level="warning", torch_threads=1)
+        for label, root in [("servd", common.ROOT), *compare]:
+            running.append(common.start_servd(label, config, work, root=root))
+        for n in clients:
+            for server in running:
+                sum0, count0 = batch_counters(server)
+                m = asyncio.run(common.closed_loop(server, workload, n, warmup_s, duration_s))
+                sum1, count1 = batch_counters(server)
+                row = m.as_dict()
+                row["mean_batch"] = (sum1 - sum0) / (count1 - count0) if count1 > count0 else None
+                measurements.setdefault(server.name, []).append(row)
+                line = common.progress_line(m)
+                print(f"  {server.name} {line}  mean batch {common.fmt(row['mean_batch'])}", flush=True)
+    print("  in-process again, after servd ...", flush=True)
+    after = run_in_process(warmup_s, duration_s)
+    _print_in_process(after)
+    local = _mean_in_process(before, after)
+    info["loadavg_at_end"] = common.loadavg()
+    result = {
+        "benchmark": "mlp",
+        "machine": info,
+        "settings": {
+            "clients": list(clients),
+            "warmup_s": warmup_s,
+            "duration_s": duration_s,
+            "batch": {"max_size": BATCH, "max_delay_ms": MAX_DELAY_MS},
+            "concurrency": 1,
+            "torch_threads": 1,
+            "compare": {label: str(root) for label, root in compare},
+        },
+        "in_process": local,
+        "in_process_runs": [before, after],
+        "results": measurements,
+    }
+    result["summary"] = summarize(result)
+    print_report(result)
+    return result
+
+
+IN_PROCESS_KEYS = ("batch1", "batch1_json", f"batch{BATCH}", f"batch{BATCH}_json")
+
+
+def _print_in_process(local: dict[str, Any]) -> None:
+    for key in IN_PROCESS_KEYS:
+        m = local[key]
+        print(f"  in-process {key:>12}: {m['samples_per_s']:9.0f} samples/s  call p50 {m['call_p50_ms']:.3f} ms")
+
+
+def _mean_in_process(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
+    """The in-process limit is measured before and after servd (machine load drifts); use the mean."""
+    mean: dict[str, Any] = {"torch_threads": before["torch_threads"]}
+    for key in IN_PROCESS_KEYS:
+        a, b = before[key], after[key]
+        mean[key] = {
+            k: (a[k] + b[k]) / 2 if k != "batch" and a[k] is not None and b[k] is not None else a[k] for k in a
+        }
+    return mean
+
+
+def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
+    limit = result["in_process"][f"batch{BATCH}"]["samples_per_s"]
+    rows = []
+    for name, ms in result["results"].items():
+        for m in ms:
+            target = TARGET_SHARE_AT_64 if m["clients"] == 64 and name == "servd" else None
+            what = f"mlp {name} / in-process batch {BATCH} samples/s, {m['clients']} clients"
+            rows.append(common.summary_row(what, common.ratio(m["rate"], limit), target))
+            if m["clients"] == 64:
+                target = TARGET_P99_MS_AT_64 if name == "servd" else None
+                rows.append(common.summary_row(f"mlp {name} p99 ms, 64 clients", m["p99_ms"], target, higher=False))
+    return rows
+
+
+def print_report(result: dict[str, Any]) -> None:
+    local = result["in_process"]
+    limit = local[f"batch{BATCH}"]["samples_per_s"]
+    one = local["batch1"]["samples_per_s"]
+    print()
+    settings = result["settings"]
+    print(
+        f"mlp: servd batch.max_size {BATCH}, max_delay_ms {MAX_DELAY_MS}, concurrency 1, torch threads 1; "
+        f"closed loop, {settings['duration_s']} s per point after {settings['warmup_s']} s warm-up"
+    )
+    headers = ["", "samples/s", "share of batch-32 limit", "p50 ms", "p99 ms", "mean batch", "server cpu",
+               "cpu us/sample", "switches/req"]  # fmt: skip
+    rows: list[list[Any]] = []
+    for key in IN_PROCESS_KEYS:
+        m = local[key]
+        label = f"in-process {key.replace('batch', 'batch ').replace('_json', ' + json')}"
+        rows.append([label, m["samples_per_s"], common.ratio(m["samples_per_s"], limit), m["call_p50_ms"],
+                     m["call_p99_ms"], m["batch"], "100%", 1e6 / m["samples_per_s"], None])  # fmt: skip
+    servd = [(name, m) for name, ms in result["results"].items() for m in ms]
+    for name, m in sorted(servd, key=lambda item: item[1]["clients"]):
+        rows.append([f"{name}, {m['clients']} clients", m["rate"], common.ratio(m["rate"], limit), m["p50_ms"],
+                     m["p99_ms"], m["mean_batch"], f"{m['server_cpu']:.0%}", m["server_us_per_request"],
+                     m["switches_per_request"]])  # fmt: skip
+    print(common.table(headers, rows))
+    first = result["results"]["servd"][0]
+    print(f"servd at {first['clients']} client(s) / in-process batch 1: {common.fmt(common.ratio(first['rate'], one))}")
+    runs = [r[f"batch{BATCH}"]["samples_per_s"] for r in result["in_process_runs"]]
+    before, after = (common.fmt(r) for r in runs)
+    print(f"in-process batch {BATCH} before / after servd: {before} / {after} samples/s (their mean is the limit)")
+    machine = result["machine"]
+    print(f"load average at start {machine['loadavg_at_start']}, at end {machine['loadavg_at_end']}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="short warm-up and windows (0.3 s + 1.5 s)")
+    parser.add_argument("--clients", default="1,64,256", help="comma-separated client counts")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each window")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also measure servd from another checkout (e.g. a copy with a change), in the same run",
+    )
+
+
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    return run(
+        clients=tuple(int(c) for c in args.clients.split(",")),
+        warmup_s=0.3 if args.quick else args.warmup,
+        duration_s=1.5 if args.quick else args.duration,
+        compare=tuple(common.parse_compare(args.compare)),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.mlp", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.in_process:
+        print(json.dumps(in_process(args.warmup, args.duration)))
+        return 0
+    result = run_from_args(args)
+    print(f"written: {common.write_json('mlp', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
