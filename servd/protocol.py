@@ -7,6 +7,8 @@ Pure functions; no I/O. Server messages are built as text so that a result encod
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,7 +49,7 @@ def parse(text: str | bytes) -> Submit | Cancel:
     if isinstance(text, bytes):
         raise ProtocolError("binary frames are not supported; send JSON text")
     try:
-        message = _DECODER.decode(text)
+        message = loads(text)
     except (ValueError, RecursionError) as exc:
         raise ProtocolError(f"message is not valid JSON: {exc}") from None
     if not isinstance(message, dict):
@@ -61,9 +63,33 @@ def parse(text: str | bytes) -> Submit | Cancel:
     raise ProtocolError(f"'type' must be 'submit' or 'cancel', got {kind!r}", request_id)
 
 
-def reject_constant(name: str) -> Any:
-    """NaN and Infinity are Python's extension, not JSON: a result carrying them could not be sent back."""
+def loads(text: str | bytes) -> Any:
+    """Strict JSON: no NaN/Infinity, and no number too large for a float (1e999 would become inf).
+
+    Either would reach the entrypoint and make its result unsendable, blaming the model for the
+    client's input. The overflow check costs a regex scan, and a slower decode only when it hits.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8")
+    if _MAYBE_HUGE.search(text):
+        return _STRICT_DECODER.decode(text)
+    return _DECODER.decode(text)
+
+
+def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise ValueError(f"number {literal[:40]} is too large for a float")
+    return value
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_MAYBE_HUGE = re.compile(r"[eE]\+?\d{3}|\d{309}")
 
 
 def _parse_id(message: dict[str, Any]) -> str | int:
@@ -89,9 +115,6 @@ def _submit(message: dict[str, Any], request_id: str | int) -> Submit:
     if not isinstance(progress, bool):
         raise ProtocolError("'progress' must be true or false", request_id)
     return Submit(request_id, endpoint, message["data"], progress)
-
-
-_DECODER = json.JSONDecoder(parse_constant=reject_constant)
 
 
 def encode_id(request_id: str | int | None) -> str:

@@ -211,3 +211,10 @@ def test_every_error_code_builds_a_message_with_its_word():
     """Each ErrorCode's word is what the client receives as error.code."""
     for code in ErrorCode:
         assert json.loads(protocol.error(1, code, "m"))["error"]["code"] == code.word
+
+
+def test_a_number_too_large_for_a_float_is_a_bad_request_not_infinity():
+    """1e999 would decode to inf, reach the model and make its result unsendable: refuse it up front."""
+    with pytest.raises(ProtocolError, match="too large for a float"):
+        parse('{"type":"submit","id":1,"data":[1.5, 1e999]}')
+    assert parse('{"type":"submit","id":1,"data":1e300}').data == 1e300

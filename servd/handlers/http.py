@@ -7,7 +7,6 @@ it is read or parsed. A client that hangs up cancels its request.
 from __future__ import annotations
 
 import asyncio
-import json
 import math
 from typing import Any
 
@@ -90,7 +89,7 @@ class EndpointHTTP(JSONHandler):
 
     def _data(self) -> Any:
         try:
-            body = json.loads(self.body or b"null", parse_constant=protocol.reject_constant)
+            body = protocol.loads(bytes(self.body) or b"null")
         except (ValueError, RecursionError) as exc:
             raise ServdError(ErrorCode.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
         if not isinstance(body, dict) or "data" not in body:
