@@ -9,6 +9,7 @@ killed in a `finally`.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import contextlib
@@ -293,6 +294,21 @@ def start_servd(name: str, config_text: str, workdir: Path, root: Path = ROOT) -
     port = free_port()
     argv = [sys.executable, "-m", "servd", "run", str(config), "--port", str(port)]
     return start_server(name, argv, port, "/readyz", log_path=workdir / "log" / f"{safe}.log", root=root)
+
+
+def add_load_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every closed-loop benchmark takes: client counts, windows, --compare."""
+    parser.add_argument("--quick", action="store_true", help="short warm-up and windows (0.3 s + 1.5 s)")
+    parser.add_argument("--clients", default="1,64,256", help="comma-separated client counts")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each window")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also measure servd from another checkout (e.g. a copy with a change), in the same run",
+    )
 
 
 def parse_compare(values: Sequence[str]) -> list[tuple[str, Path]]:

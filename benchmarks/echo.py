@@ -191,22 +191,12 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="short warm-up and windows (0.3 s + 1.5 s)")
-    parser.add_argument("--clients", default="1,64,256", help="comma-separated client counts")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each window")
+    common.add_load_arguments(parser)
     parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each point reports its median")
     parser.add_argument("--levels", default="warning,info", help="servd log levels to measure")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrency of the echo endpoint")
     parser.add_argument("--profile", type=Path, help="py-spy record servd into this file (.svg, .json, .txt)")
     parser.add_argument("--profile-clients", type=int, default=64, help="client count to profile at")
-    parser.add_argument(
-        "--compare",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="also measure servd from another checkout (e.g. a copy with a change), in the same run",
-    )
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -247,17 +247,7 @@ def print_report(result: dict[str, Any]) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quick", action="store_true", help="short warm-up and windows (0.3 s + 1.5 s)")
-    parser.add_argument("--clients", default="1,64,256", help="comma-separated client counts")
-    parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each window")
-    parser.add_argument(
-        "--compare",
-        action="append",
-        default=[],
-        metavar="NAME=PATH",
-        help="also measure servd from another checkout (e.g. a copy with a change), in the same run",
-    )
+    common.add_load_arguments(parser)
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:

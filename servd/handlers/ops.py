@@ -10,21 +10,23 @@ from servd.errors import ServdError
 from servd.handlers.base import JSONHandler
 
 
-class Endpoints(JSONHandler):
-    def get(self) -> None:
+class TokenRequired(JSONHandler):
+    """Refuses before the handler runs when tokens are configured and the caller has none."""
+
+    def prepare(self) -> None:
         try:
             self.check_auth()
         except ServdError as exc:
-            return self.send_error_code(exc)
+            self.send_error_code(exc)
+
+
+class Endpoints(TokenRequired):
+    def get(self) -> None:
         self.send_json({"endpoints": [e.snapshot() for e in self.daemon.endpoints.values()]})
 
 
-class Status(JSONHandler):
+class Status(TokenRequired):
     def get(self) -> None:
-        try:
-            self.check_auth()
-        except ServdError as exc:
-            return self.send_error_code(exc)
         self.send_json(self.daemon.status())
 
 
@@ -43,11 +45,7 @@ class Ready(JSONHandler):
         self.send_json({"status": "ready"})
 
 
-class MetricsText(JSONHandler):
+class MetricsText(TokenRequired):
     def get(self) -> None:
-        try:
-            self.check_auth()
-        except ServdError as exc:
-            return self.send_error_code(exc)
         self.set_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
         self.finish(self.daemon.metrics.render())
