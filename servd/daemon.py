@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from tornado.httpserver import HTTPServer
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
@@ -25,6 +24,7 @@ from servd.check import load_checked
 from servd.endpoint import Endpoint
 from servd.entrypoints import Model
 from servd.errors import ErrorCode, ServdError
+from servd.listener import Listener
 from servd.metrics import Metrics
 from servd.reload import Plan, plan
 from servd.request import Request
@@ -65,7 +65,7 @@ class Daemon:
         self.last_reload: dict[str, Any] | None = None
         self.restart_needed: list[str] = []
         self.sockets: list[socket.socket] = []
-        self._server: HTTPServer | None = None
+        self._server: Listener | None = None
         self._app = make_app(self)
         self._http_ids = itertools.count(1)
         self._watcher: ConfigWatcher | None = None
@@ -85,7 +85,8 @@ class Daemon:
         for endpoint_spec in self.spec.endpoints.values():
             self._add_endpoint(endpoint_spec)
         server = self.spec.server
-        self._server = HTTPServer(self._app, max_body_size=server.max_message_bytes * HARD_FRAME_FACTOR, xheaders=False)
+        self._server = Listener(self._app, max_body_size=server.max_message_bytes * HARD_FRAME_FACTOR, xheaders=False)
+        self._server.when_exhausted = self._out_of_descriptors
         self.sockets = sockets or bind_sockets(server.port, server.host)
         self._server.add_sockets(self.sockets)
         self.log.info("listening", url=self.url, config=str(self.spec.path), version=__version__)
@@ -144,12 +145,19 @@ class Daemon:
         self.endpoints[spec.name] = endpoint
         return endpoint
 
+    def _out_of_descriptors(self, exc: OSError) -> None:
+        self.log.warning(
+            "out of file descriptors: pausing accept", error=exc.strerror, connections=len(self.connections),
+            hint="raise LimitNOFILE (systemd) or lower server.max_connections",
+        )  # fmt: skip
+
     def _check_host(self) -> None:
         _, warning = hostcheck.raise_open_files_limit(self.spec.server.max_connections)
         if warning:
             self.log.warning("open files limit", detail=warning)
         code_files = [entrypoints.module_file(e.entrypoint) for e in self.spec.endpoints.values()]
-        watched = [self.spec.path, self.spec.path.parent, *(f.parent for f in code_files if f is not None)]
+        code = [path for f in code_files if f is not None for path in (f, f.parent)]
+        watched = [self.spec.path, self.spec.path.parent, *code]
         for warning in hostcheck.writable_by_others(watched):
             self.log.warning("insecure permissions", detail=warning)
 

@@ -24,7 +24,7 @@ from servd.metrics import EndpointMetrics
 from servd.queue import RequestQueue
 from servd.request import Completed, Failed, Request, State, Terminal
 from servd.spec import EndpointSpec
-from servd.workers import BatchContractError, BatchResult, CancelledBeforeStart, Job, NotJSON, Runner
+from servd.workers import BatchContractError, BatchResult, CancelledBeforeStart, Job, NotJSON, Outcome, Runner
 
 ESTIMATION_INTERVAL_S = 0.25  # at most 4 estimation messages a second per request
 EWMA_WEIGHT = 0.2
@@ -232,22 +232,30 @@ class Endpoint:
         if result.oom_sizes:
             self._lower_batch_size(min(result.oom_sizes))
         for request, outcome in zip(batch.requests, result.outcomes, strict=True):
-            if outcome.error is None:
-                assert outcome.data_json is not None
-                queue_s = request.started_at - request.admitted_at
-                self.finish(request, Completed(outcome.data_json, queue_s, result.run_s, size))
-            elif request.state is not State.DONE:
-                self.finish(request, Failed(ErrorCode.ENDPOINT_FAILED, self._describe_failure(request, outcome.error)))
+            try:
+                self._end_with(request, outcome, result.run_s, size)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours fails this request, never the queue
+                self.finish(request, Failed(ErrorCode.ENDPOINT_FAILED, "servd could not report this result"))
+                _log_safely(self.log.error, "failed to end a request", endpoint=self.name, id=request.id, exc_info=exc)
         if instance.retired and instance.running == 0:
             self._close(instance)
         self._pump()
 
+    def _end_with(self, request: Request, outcome: Outcome, run_s: float, size: int) -> None:
+        if outcome.error is None:
+            assert outcome.data_json is not None
+            queue_s = request.started_at - request.admitted_at
+            self.finish(request, Completed(outcome.data_json, queue_s, run_s, size))
+        elif request.state is not State.DONE:
+            self.finish(request, Failed(ErrorCode.ENDPOINT_FAILED, self._describe_failure(request, outcome.error)))
+
     def _describe_failure(self, request: Request, exc: BaseException) -> str:
+        text = _safe_str(exc)
         if isinstance(exc, (BatchContractError, NotJSON)):
-            self.log.error("entrypoint broke its contract", endpoint=self.name, id=request.id, error=str(exc))
-            return str(exc)
-        self.log.error("entrypoint raised", endpoint=self.name, id=request.id, exc_info=exc)
-        return f"{self.spec.entrypoint} raised {type(exc).__name__}: {exc}"
+            _log_safely(self.log.error, "entrypoint broke its contract", endpoint=self.name, id=request.id, error=text)
+            return text
+        _log_safely(self.log.error, "entrypoint raised", endpoint=self.name, id=request.id, exc_info=exc)
+        return f"{self.spec.entrypoint} raised {type(exc).__name__}: {text}"
 
     def _lower_batch_size(self, failed_size: int) -> None:
         lowered = batching.lowered_batch_size(self.working_batch_size, failed_size)
@@ -440,6 +448,23 @@ class Endpoint:
             "wait_s": {"p50": percentile(stats.waits, 0.5), "p99": percentile(stats.waits, 0.99)},
             "run_s": {"p50": percentile(stats.runs, 0.5), "p99": percentile(stats.runs, 0.99)},
         }
+
+
+def _safe_str(exc: BaseException) -> str:
+    """str(exc), even for an exception whose __str__ raises (user code can do anything)."""
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001
+        return f"<{type(exc).__name__} whose message cannot be printed>"
+
+
+def _log_safely(emit: Any, event: str, **fields: Any) -> None:
+    """Log, and if rendering fails (an unprintable exception), log without the traceback."""
+    try:
+        emit(event, **fields)
+    except Exception:  # noqa: BLE001
+        exc = fields.pop("exc_info", None)
+        emit(event, **fields, exception_type=type(exc).__name__ if exc is not None else None)
 
 
 def _validator(spec: EndpointSpec) -> jsonschema.protocols.Validator | None:

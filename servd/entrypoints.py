@@ -45,7 +45,7 @@ class Entrypoint:
             kwargs["device"] = device
         try:
             instance = self.target(**kwargs)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # SystemExit: argparse in a constructor must not end servd
             raise EntrypointError(f"{self.ref}({_kwargs_text(kwargs)}) raised {type(exc).__name__}: {exc}") from exc
         close = getattr(instance, "close", None)
         return Model(instance, device, self.streams, close, uses_torch=self.uses_torch, code_mtime=self.code_mtime)

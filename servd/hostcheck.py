@@ -50,7 +50,8 @@ def writable_by_others(paths: list[Path]) -> list[str]:
             mode = path.stat().st_mode
         except OSError:
             continue
-        if mode & (stat.S_IWGRP | stat.S_IWOTH) and not (path.is_dir() and mode & stat.S_ISVTX):
+        # a sticky directory (/tmp) still lets others add files: a planted module shadows an import
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
             who = "everyone" if mode & stat.S_IWOTH else "its group"
             warnings.append(f"{path} is writable by {who}; it decides what code servd runs (chmod go-w)")
     return warnings

@@ -11,6 +11,7 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+import structlog.tracebacks
 
 from servd.spec import LogSpec
 
@@ -22,7 +23,9 @@ def configure(spec: LogSpec, stream: TextIO | None = None) -> None:
     out = stream or sys.stderr
     as_json = spec.format == "json" or (spec.format == "auto" and not out.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer() if as_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        structlog.processors.JSONRenderer()
+        if as_json
+        else structlog.dev.ConsoleRenderer(colors=out.isatty(), exception_formatter=structlog.dev.plain_traceback)
     )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
@@ -30,7 +33,9 @@ def configure(spec: LogSpec, stream: TextIO | None = None) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if as_json:
-        processors.append(structlog.processors.dict_tracebacks)
+        # frames, not their local variables: those hold clients' data, which stays out of log files
+        transformer = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        processors.append(structlog.processors.ExceptionRenderer(transformer))
     processors.append(renderer)
     structlog.configure(
         processors=processors,

@@ -80,7 +80,12 @@ class QueueSocket(WebSocketHandler):
         try:
             parsed = protocol.parse(message)
         except protocol.ProtocolError as exc:
-            self._reject(exc.id, ErrorCode.BAD_REQUEST, exc.message)
+            # an error carrying the id of a request in flight would read as that request's end
+            in_flight = exc.id is not None and exc.id in self.in_flight
+            message = (
+                f"{exc.message} (id {exc.id!r} is in flight; its request is unaffected)" if in_flight else exc.message
+            )
+            self._reject(None if in_flight else exc.id, ErrorCode.BAD_REQUEST, message)
             return
         if isinstance(parsed, protocol.Cancel):
             request = self.in_flight.get(parsed.id)
