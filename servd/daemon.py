@@ -85,8 +85,9 @@ class Daemon:
         for endpoint_spec in self.spec.endpoints.values():
             self._add_endpoint(endpoint_spec)
         server = self.spec.server
-        self._server = Listener(self._app, max_body_size=server.max_message_bytes * HARD_FRAME_FACTOR, xheaders=False)
+        self._server = Listener(self._app, xheaders=False)
         self._server.when_exhausted = self._out_of_descriptors
+        self._apply_listener_settings(server)
         self.sockets = sockets or bind_sockets(server.port, server.host)
         self._server.add_sockets(self.sockets)
         self.log.info("listening", url=self.url, config=str(self.spec.path), version=__version__)
@@ -140,7 +141,10 @@ class Daemon:
         def batch() -> float:
             return endpoint.working_batch_size
 
-        metrics = self.metrics.for_endpoint(spec.name, queued, running, batch)
+        def stuck() -> float:
+            return endpoint.stuck_count()
+
+        metrics = self.metrics.for_endpoint(spec.name, queued, running, batch, stuck)
         endpoint = Endpoint(spec, self.runner, metrics, self.log, self.loop)
         self.endpoints[spec.name] = endpoint
         return endpoint
@@ -344,11 +348,15 @@ class Daemon:
         self._apply_torch_threads()
 
     def _apply_listener_settings(self, server: ServerSpec) -> None:
-        """Frame and body caps and pings, for connections opened from now on."""
+        """Frame and body caps, pings and idle timeouts, for connections opened from now on."""
         if self._server is None:
             return
         self._app.settings.update(listener_settings(server))
-        self._server.conn_params.max_body_size = server.max_message_bytes * HARD_FRAME_FACTOR
+        params = self._server.conn_params
+        params.max_body_size = server.max_message_bytes * HARD_FRAME_FACTOR
+        # a connection that sends no complete request (silent, half-open, idle keep-alive) holds a
+        # descriptor max_connections doesn't count: close it as a websocket that stops answering pings
+        params.header_timeout = 2 * server.ping_interval_s
 
     def _retire(self, name: str) -> None:
         endpoint = self.endpoints.pop(name)

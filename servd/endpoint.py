@@ -45,6 +45,7 @@ class Batch:
     requests: list[Request]
     instance: Instance
     started_at: float
+    job: Job | None = None
 
     def is_wanted(self) -> bool:
         return any(r.state is not State.DONE for r in self.requests)
@@ -132,9 +133,12 @@ class Endpoint:
 
     def cancel(self, request: Request, message: str = "cancelled by the client") -> None:
         """End a queued or running request with `cancelled`; a queued one never runs."""
+        running = request.state is State.RUNNING
         if request.state is State.QUEUED and self.queue.remove(request):
             self._schedule_broadcast()
         self.finish(request, Failed(ErrorCode.CANCELLED, message))
+        if running:
+            self._abandon_unwanted()
 
     def _expire(self, request: Request) -> None:
         request.timer = None
@@ -146,6 +150,22 @@ class Endpoint:
         self.finish(
             request, Failed(ErrorCode.TIMEOUT, f"queue.timeout_s={self.spec.queue.timeout_s} passed while {where}")
         )
+        if where == "running":
+            self._abandon_unwanted()
+
+    def _abandon_unwanted(self) -> None:
+        """Calls still running for requests that all ended are stuck: free their threads' places."""
+        for batch in self._batches:
+            if batch.job is not None and not batch.job.abandoned and not batch.is_wanted():
+                self.runner.abandon(batch.job)
+                self.log.info(
+                    "call abandoned", endpoint=self.name, device=batch.instance.model.device,
+                    running_s=round(self.loop.time() - batch.started_at, 3),
+                )  # fmt: skip
+
+    def stuck_count(self) -> int:
+        """Calls still running whose requests all ended (a timeout or cancel outlived by the model)."""
+        return sum(1 for b in self._batches if not b.is_wanted())
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -214,6 +234,7 @@ class Endpoint:
             on_done=functools.partial(self._on_done, batch),
             is_wanted=batch.is_wanted,
         )
+        batch.job = job
         self.runner.run(job)
 
     def _on_partial(self, batch: Batch, offset: int, texts: list[str]) -> None:
@@ -438,6 +459,7 @@ class Endpoint:
             "queued": len(self.queue),
             "running": self.running_count(),
             "workers": sum(i.running for i in self.instances),
+            "stuck": self.stuck_count(),
             "workers_max": self.spec.concurrency * sum(1 for i in self.instances if not i.retired),
             "batch_size": self.working_batch_size,
             "eta_s": self.eta_for_new(),

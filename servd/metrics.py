@@ -54,6 +54,7 @@ METRICS = (
     MetricDef("rejected", "servd_rejected", Counter, (*EP, "reason"), "Requests refused before admission, by error code (endpoint \"\" when unknown)."),
     MetricDef("queue_depth", "servd_queue_depth", Gauge, EP, "Requests waiting in the queue."),
     MetricDef("running", "servd_running", Gauge, EP, "Requests running now."),
+    MetricDef("stuck", "servd_stuck_calls", Gauge, EP, "Calls still running after all their requests ended (timeout, cancel); their threads don't count against max_threads."),
     MetricDef("working_batch_size", "servd_working_batch_size", Gauge, EP, "Largest batch the endpoint forms now (lowered after out-of-memory)."),
     MetricDef("queue_seconds", "servd_queue_seconds", Histogram, EP, "Time from admission to start, of completed requests.", WAIT_BUCKETS),
     MetricDef("run_seconds", "servd_run_seconds", Histogram, EP, "Duration of the call (batch) that served a completed request.", RUN_BUCKETS),
@@ -71,6 +72,7 @@ class Metrics:
     rejected: Counter
     queue_depth: Gauge
     running: Gauge
+    stuck: Gauge
     working_batch_size: Gauge
     queue_seconds: Histogram
     run_seconds: Histogram
@@ -87,10 +89,16 @@ class Metrics:
             setattr(self, d.attr, d.kind(d.name, d.help, d.labels, registry=self.registry, **extra))
 
     def for_endpoint(
-        self, name: str, queued: Callable[[], float], running: Callable[[], float], batch: Callable[[], float]
+        self,
+        name: str,
+        queued: Callable[[], float],
+        running: Callable[[], float],
+        batch: Callable[[], float],
+        stuck: Callable[[], float],
     ) -> EndpointMetrics:
         self.queue_depth.labels(name).set_function(queued)
         self.running.labels(name).set_function(running)
+        self.stuck.labels(name).set_function(stuck)
         self.working_batch_size.labels(name).set_function(batch)
         return EndpointMetrics(self, name)
 

@@ -54,11 +54,17 @@ class Job:
     on_partial: Callable[[int, list[str]], None]  # (offset, JSON texts); called on the loop
     on_done: Callable[[BatchResult], None]  # called on the loop
     is_wanted: Callable[[], bool]  # read from the worker: False once every request ended
+    finished: bool = False  # written under the pool's lock
+    abandoned: bool = False
+    pool: Any = None
 
 
 class Runner(Protocol):
     def run(self, job: Job) -> None:
         """Start `job` on some slot; `job.on_done` is called exactly once, on the loop."""
+
+    def abandon(self, job: Job) -> None:
+        """Every request of `job` ended while its call still runs: its thread stops counting."""
 
     def resize(self, max_threads: int) -> None: ...
 
@@ -66,7 +72,12 @@ class Runner(Protocol):
 
 
 class _Pool:
-    """Worker threads on one SimpleQueue; a thread is started only when none is idle."""
+    """Worker threads on one SimpleQueue; a thread is started only when none is idle.
+
+    A call whose requests all ended (timeout, cancel) while it still runs is abandoned: its
+    thread no longer counts against max_threads until it returns, so a hung model can't take
+    the threads of every other endpoint with it.
+    """
 
     def __init__(self, max_threads: int, work: Callable[[Job], None]) -> None:
         self.max_threads = max_threads
@@ -74,13 +85,15 @@ class _Pool:
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
+        self._abandoned = 0
         self._threads: list[threading.Thread] = []
 
     def submit(self, job: Job) -> None:
+        job.pool = self
         with self._lock:
             if self._idle:
                 self._idle -= 1
-            elif len(self._threads) < self.max_threads:
+            elif len(self._threads) < self.max_threads + self._abandoned:
                 thread = threading.Thread(target=self._run, name=f"servd-worker_{len(self._threads)}", daemon=True)
                 self._threads.append(thread)
                 thread.start()
@@ -93,9 +106,18 @@ class _Pool:
             if job is None:
                 return
             self._work(job)
-            del job
             with self._lock:
+                job.finished = True
+                if job.abandoned:
+                    self._abandoned -= 1
                 self._idle += 1
+            del job
+
+    def abandon(self, job: Job) -> None:
+        with self._lock:
+            if not job.finished and not job.abandoned:
+                job.abandoned = True
+                self._abandoned += 1
 
     def shutdown(self) -> None:
         for _ in self._threads:
@@ -147,6 +169,10 @@ class LocalRunner:
         pending, self._pending = self._pending, []
         for job in pending:
             self._pool.submit(job)
+
+    def abandon(self, job: Job) -> None:
+        if job.pool is not None:  # not yet handed over: it will be skipped when it starts
+            job.pool.abandon(job)
 
     def resize(self, max_threads: int) -> None:
         """New jobs go to a pool of the new size; the old one finishes what it runs, then exits."""

@@ -180,6 +180,42 @@ async def test_a_call_hung_past_timeout_ends_its_request_and_keeps_its_slot_coun
         HANG.released.set()
 
 
+SHARED_POOL = """
+version: 1
+server:
+  max_threads: 2
+  drain_timeout_s: 1
+endpoints:
+  hang:
+    entrypoint: tests.test_faults:HANG
+    concurrency: 2
+    queue: {timeout_s: 0.5}
+  echo:
+    entrypoint: examples.echo:echo
+"""
+
+
+async def test_calls_hung_past_their_timeout_do_not_starve_other_endpoints_of_threads(tmp_path):
+    """Two calls of one endpoint hang past queue.timeout_s and hold both of server.max_threads=2
+    threads: another endpoint's request must still run (and must not be told "started" while it waits
+    for a thread). Gap: the shared pool counts stuck threads as busy forever (workers.py _Pool), so
+    echo's request sits in the pool's queue, is reported started, and ends "timeout ... while running"
+    without ever running; one hung model takes every endpoint down with it."""
+    HANG.released.clear()
+    try:
+        async with serve(tmp_path, SHARED_POOL) as d:
+            ws = await d.ws()
+            for id in ("a", "b"):
+                await ws.submit(id, "hang", "hang")
+            for id in ("a", "b"):
+                assert (await ws.terminal(id))["error"]["code"] == "timeout"
+            await ws.submit("e", "echo", "served")
+            done = await ws.terminal("e", timeout=5)
+            assert done["type"] == "completed" and done["data"] == "served", done
+    finally:
+        HANG.released.set()
+
+
 # -- returning what JSON can't carry -----------------------------------------------------------
 
 

@@ -151,6 +151,47 @@ async def test_half_open_and_half_sent_requests_block_nobody(tmp_path):
             close_all(stalled)
 
 
+SHORT_PINGS = """
+version: 1
+server:
+  ping_interval_s: 0.5
+  drain_timeout_s: 5
+endpoints:
+  echo:
+    entrypoint: examples.echo:echo
+"""
+
+
+async def test_connections_that_never_finish_a_request_are_closed_in_bounded_time(tmp_path):
+    """A bare TCP connect, a request cut off mid-headers and a keep-alive connection left idle after
+    its answer each hold a file descriptor that server.max_connections doesn't count; the daemon
+    closes them within a couple of ping intervals, as it drops websockets that stop answering pings,
+    so silent connections can't pile up until it runs out of descriptors. Gap: the listener keeps
+    tornado's default idle_connection_timeout (3600 s, which is also its header timeout)."""
+    async with serve(tmp_path, SHORT_PINGS) as d:
+        port = d.daemon.port
+        bare = await silent_tcp(port)
+        partial = await silent_tcp(port)
+        partial[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        kept = await silent_tcp(port)
+        kept[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(kept[0].readuntil(b"\r\n\r\n"), 20)
+        assert head.startswith(b"HTTP/1.1 200")
+        try:
+            for name, (reader, _) in {
+                "bare connect": bare,
+                "partial headers": partial,
+                "idle keep-alive": kept,
+            }.items():
+                try:
+                    left = await asyncio.wait_for(reader.read(), 10)
+                except asyncio.TimeoutError:
+                    raise AssertionError(f"the {name} connection was still open after 10 s") from None
+                assert b"HTTP/1.1 200" not in left
+        finally:
+            close_all([bare, partial, kept])
+
+
 # -- server.max_connections ----------------------------------------------------------------------
 
 
