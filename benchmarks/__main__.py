@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks import common
 
-BENCHMARKS = ("echo", "mlp", "reload")
+BENCHMARKS = ("echo", "mlp", "reload", "soak", "idle")
 
 
 def available() -> list[str]:

@@ -395,13 +395,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storm-edits", type=int, default=20, help="rewrites of the file under load")
 
 
+def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.quick:
+        args.edits, args.swaps, args.storm_edits = 5, 2, 10
+    return run(edits=args.edits, swaps=args.swaps, load_s=args.load, storm_edits=args.storm_edits)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.reload", description=__doc__.splitlines()[0])
     add_arguments(parser)
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.edits, args.swaps, args.storm_edits = 5, 2, 10
-    result = run(edits=args.edits, swaps=args.swaps, load_s=args.load, storm_edits=args.storm_edits)
+    result = run_from_args(parser.parse_args(argv))
     print(f"written: {common.write_json('reload', result)}")
     return 0 if result["storm"]["lost"] == 0 else 1
 
