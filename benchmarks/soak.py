@@ -355,7 +355,9 @@ async def reloader(config: Path, tally: Tally, every_s: float, seed: int) -> int
     writes = 0
     while not tally.done():
         await asyncio.sleep(every_s)
-        config.write_text(config_text(rng))
+        staged = config.with_suffix(".new")
+        staged.write_text(config_text(rng))
+        staged.replace(config)  # atomically, as editors save: never a half-written file
         writes += 1
     return writes
 

@@ -92,7 +92,13 @@ def parse_yaml(text: str, file: str) -> Located:
         raise SpecError([Problem(file, 1, 1, "", "the file is empty; it needs at least 'version' and 'endpoints'")])
     marks: dict[Path_, tuple[int, int]] = {}
     problems: list[Problem] = []
-    data = _to_python(root, (), marks, problems, file)
+    try:
+        data = _to_python(root, (), marks, problems, file)
+    finally:
+        # the loader caches every node it built (with marks holding the whole file's text):
+        # without this, each reload would keep its file in memory for good
+        _SCALARS.constructed_objects.clear()
+        _SCALARS.recursive_objects.clear()
     if problems:
         raise SpecError(problems)
     return Located(data, marks, file)
