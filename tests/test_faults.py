@@ -117,7 +117,7 @@ async def test_an_entrypoint_calling_sys_exit_fails_its_request_and_the_daemon_s
 async def test_an_exception_that_cannot_be_printed_still_ends_its_request_and_the_queue_moves(tmp_path):
     """An exception whose str() raises still ends its request with endpoint_failed, and the request
     queued behind it runs (DESIGN.md §3: the dispatcher cannot die; the queue keeps moving).
-    Regression: Endpoint._describe_failure formats the exception on the loop, and the error escaped
+    Regression: Endpoint._describe_failure formatted the exception on the loop, and the error escaped
     _on_done, leaving the request without a terminal and the next one stuck in the queue."""
     async with serve(tmp_path, CONFIG, expect_errors=True) as d:
         ws = await d.ws()
@@ -135,9 +135,10 @@ async def test_an_exception_that_cannot_be_printed_still_ends_its_request_and_th
 
 async def test_a_call_hung_past_timeout_ends_its_request_and_keeps_its_slot_counted(tmp_path):
     """With concurrency 2 and one call hung past queue.timeout_s: its request ends with timeout (once);
-    /v1/endpoints shows the call still occupying a worker (workers 1, running 0); the other slot keeps
-    serving; with both slots hung a new request waits, then times out in the queue; once the calls
-    return, the slots are free again and the late results send nothing."""
+    the call is reported stuck ("call abandoned" in the log, stats.stuck and servd_stuck_calls) and
+    still occupies a worker (workers 1, running 0); the other slot keeps serving; with both slots hung
+    a new request waits, then times out in the queue; once the calls return, the slots are free again,
+    nothing is reported stuck, and the late results send nothing."""
     HANG.released.clear()
     HANG.hung = 0
     try:
@@ -148,7 +149,10 @@ async def test_a_call_hung_past_timeout_ends_its_request_and_keeps_its_slot_coun
             assert ended["error"]["code"] == "timeout"
             assert "passed while running" in ended["error"]["message"]
             now = await stats(d, "hang")
-            assert (now["running"], now["workers"], now["workers_max"]) == (0, 1, 2), now
+            assert (now["running"], now["workers"], now["workers_max"], now["stuck"]) == (0, 1, 2, 1), now
+            assert 'servd_stuck_calls{endpoint="hang"} 1.0' in (await d.http("GET", "/metrics")).body.decode()
+            abandoned = [e for e in d.log_events() if e["event"] == "call abandoned"]
+            assert len(abandoned) == 1 and abandoned[0]["endpoint"] == "hang"
 
             for i in range(5):
                 await ws.submit(i, "hang", i)
@@ -162,7 +166,7 @@ async def test_a_call_hung_past_timeout_ends_its_request_and_keeps_its_slot_coun
             assert waited["error"]["code"] == "timeout" and "waiting in the queue" in waited["error"]["message"]
             assert "started" not in [m["type"] for m in ws.of("waits")]
             now = await stats(d, "hang")
-            assert (now["running"], now["queued"], now["workers"]) == (0, 0, 2), now
+            assert (now["running"], now["queued"], now["workers"], now["stuck"]) == (0, 0, 2, 2), now
 
             HANG.released.set()
 
@@ -170,6 +174,7 @@ async def test_a_call_hung_past_timeout_ends_its_request_and_keeps_its_slot_coun
                 return (await stats(d, "hang"))["workers"] == 0
 
             await until(slots_free, "the hung calls to return")
+            assert (await stats(d, "hang"))["stuck"] == 0
             await ws.submit("after", "hang", "after")
             assert (await ws.terminal("after"))["data"] == "after"
             for id in ("stuck", "stuck-2", "waits"):
@@ -198,9 +203,9 @@ endpoints:
 async def test_calls_hung_past_their_timeout_do_not_starve_other_endpoints_of_threads(tmp_path):
     """Two calls of one endpoint hang past queue.timeout_s and hold both of server.max_threads=2
     threads: another endpoint's request must still run (and must not be told "started" while it waits
-    for a thread). Gap: the shared pool counts stuck threads as busy forever (workers.py _Pool), so
-    echo's request sits in the pool's queue, is reported started, and ends "timeout ... while running"
-    without ever running; one hung model takes every endpoint down with it."""
+    for a thread). Regression: the shared pool counted stuck threads as busy forever (workers.py _Pool), so
+    echo's request sat in the pool's queue, was reported started, and ended "timeout ... while running"
+    without ever running; one hung model took every endpoint down with it."""
     HANG.released.clear()
     try:
         async with serve(tmp_path, SHARED_POOL) as d:
@@ -306,7 +311,7 @@ async def until_sync(predicate: Any, what: str) -> None:
 def test_servd_run_exits_non_zero_when_a_constructor_calls_sys_exit(tmp_path):
     """A model whose __init__ calls sys.exit(0) (argparse on sys.argv does) must not look like a clean
     stop: `servd run` exits 1 with "start failed" naming the class, so systemd restarts or reports it.
-    Regression: only Exception is caught around model loading, so SystemExit(0) ended servd with 0."""
+    Regression: only Exception was caught around model loading, so SystemExit(0) ended servd with 0."""
     config = "version: 1\nendpoints:\n  exits:\n    entrypoint: examples.hazards:ExitsInInit\n"
     proc = start(tmp_path, config, free_port())
     try:

@@ -166,7 +166,7 @@ async def test_connections_that_never_finish_a_request_are_closed_in_bounded_tim
     """A bare TCP connect, a request cut off mid-headers and a keep-alive connection left idle after
     its answer each hold a file descriptor that server.max_connections doesn't count; the daemon
     closes them within a couple of ping intervals, as it drops websockets that stop answering pings,
-    so silent connections can't pile up until it runs out of descriptors. Gap: the listener keeps
+    so silent connections can't pile up until it runs out of descriptors. Regression: the listener kept
     tornado's default idle_connection_timeout (3600 s, which is also its header timeout)."""
     async with serve(tmp_path, SHORT_PINGS) as d:
         port = d.daemon.port
@@ -337,7 +337,7 @@ endpoints:
 def test_running_out_of_file_descriptors_neither_spins_nor_floods_the_log(tmp_path):
     """`servd run` under a hard limit of 128 open files, flooded by 200 silent TCP connections (which
     max_connections doesn't count): the daemon must not spin on accept() logging a traceback per loop
-    iteration; once the flood goes it serves again. (Regression: tornado's accept handler raises
+    iteration; once the flood goes it serves again. (Regression: tornado's accept handler raised
     EMFILE on every iteration while the listening socket stays readable.)"""
     (tmp_path / "servd.yaml").write_text(FLOOD)
     port = free_port()

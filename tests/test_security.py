@@ -202,8 +202,8 @@ async def test_an_entrypoint_directory_others_can_write_is_warned_about_at_start
 
 async def test_an_entrypoint_file_others_can_write_is_warned_about_at_start(tmp_path):
     """The entrypoint's module file itself writable by everyone (its directory is not): anyone can
-    change the code servd runs, so "insecure permissions" names the file. Gap: hostcheck is given the
-    module's directory only (daemon.py _check_host), never the file."""
+    change the code servd runs, so "insecure permissions" names the file. Regression: hostcheck was given
+    the module's directory only (daemon.py _check_host), never the file."""
     config_dir, package_dir, module = code_tree(tmp_path)
     (package_dir / "model.py").chmod(0o646)
     async with serve(config_dir, PERMISSIONS.format(module=module)) as d:
@@ -214,8 +214,8 @@ async def test_an_entrypoint_file_others_can_write_is_warned_about_at_start(tmp_
 async def test_a_sticky_world_writable_config_directory_is_warned_about(tmp_path):
     """A config directory like /tmp (world-writable, sticky): the sticky bit stops others replacing
     files, not adding them, and the config's directory goes first on sys.path, so anyone could plant a
-    module that shadows an import of servd's models (torch.py, json.py). Gap: writable_by_others
-    (hostcheck.py) exempts every sticky directory."""
+    module that shadows an import of servd's models (torch.py, json.py). Regression: writable_by_others
+    (hostcheck.py) exempted every sticky directory."""
     config_dir, _, module = code_tree(tmp_path)
     config_dir.chmod(0o1777)
     try:
