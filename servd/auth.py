@@ -31,12 +31,17 @@ def presented_token(request: HTTPServerRequest) -> bytes | None:
 
 
 def is_valid(token: bytes | None, tokens: tuple[bytes, ...]) -> bool:
-    """Compare against every token without stopping early, so timing leaks nothing."""
+    """Compare against every token without stopping early, so timing leaks nothing.
+
+    Both sides are hashed first: compare_digest returns early on a length mismatch, which would
+    tell an attacker each token's length.
+    """
     if not tokens:
         return True
+    presented = hashlib.sha256(token or b"").digest()
     found = False
     for known in tokens:
-        found |= hmac.compare_digest(token or b"", known)
+        found |= hmac.compare_digest(presented, hashlib.sha256(known).digest())
     return found
 
 

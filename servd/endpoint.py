@@ -276,7 +276,7 @@ class Endpoint:
             _log_safely(self.log.error, "entrypoint broke its contract", endpoint=self.name, id=request.id, error=text)
             return text
         _log_safely(self.log.error, "entrypoint raised", endpoint=self.name, id=request.id, exc_info=exc)
-        return f"{self.spec.entrypoint} raised {type(exc).__name__}: {text}"
+        return f"{self.spec.entrypoint} raised {type(exc).__name__}: {_clip(text)}"
 
     def _lower_batch_size(self, failed_size: int) -> None:
         lowered = batching.lowered_batch_size(self.working_batch_size, failed_size)
@@ -458,7 +458,7 @@ class Endpoint:
         return {
             "queued": len(self.queue),
             "running": self.running_count(),
-            "workers": sum(i.running for i in self.instances),
+            "workers": len(self._batches),  # calls running, on current and retired models alike
             "stuck": self.stuck_count(),
             "workers_max": self.spec.concurrency * sum(1 for i in self.instances if not i.retired),
             "batch_size": self.working_batch_size,
@@ -470,6 +470,14 @@ class Endpoint:
             "wait_s": {"p50": percentile(stats.waits, 0.5), "p99": percentile(stats.waits, 0.99)},
             "run_s": {"p50": percentile(stats.runs, 0.5), "p99": percentile(stats.runs, 0.99)},
         }
+
+
+MAX_ERROR_CHARS = 500
+
+
+def _clip(text: str) -> str:
+    """Exception messages reach clients: keep them short (the full one is in the log)."""
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "… (truncated; see the log)"
 
 
 def _safe_str(exc: BaseException) -> str:
