@@ -126,32 +126,8 @@ class WsConn(asyncio.Protocol):
             self.lost.set_result(None)
 
     def data_received(self, data: bytes) -> None:
-        buffer = self.buffer
-        buffer += data
-        if not self.opened.done():
-            end = buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = bytes(buffer[:end])
-            del buffer[: end + 4]
-            if not head.startswith(b"HTTP/1.1 101"):
-                self.opened.set_exception(ConnectionError(head.decode(errors="replace").splitlines()[0]))
-                return
-            self.opened.set_result(None)
-        while len(buffer) >= 2:
-            opcode, length, at = buffer[0] & 0x0F, buffer[1] & 0x7F, 2
-            if length == 126:
-                if len(buffer) < 4:
-                    return
-                length, at = int.from_bytes(buffer[2:4], "big"), 4
-            elif length == 127:
-                if len(buffer) < 10:
-                    return
-                length, at = int.from_bytes(buffer[2:10], "big"), 10
-            if len(buffer) < at + length:
-                return
-            payload = bytes(buffer[at : at + length])
-            del buffer[: at + length]
+        self.buffer += data
+        for opcode, payload in common.take_frames(self.buffer, self.opened):
             if opcode == 0x9:
                 self.send(payload, 0xA)
             elif opcode == 0x8 and self.transport is not None:
