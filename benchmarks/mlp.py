@@ -38,11 +38,11 @@ def inputs(count: int, seed: int = 0) -> list[str]:
     return [json.dumps([round(rng.uniform(-1, 1), 4) for _ in range(256)]) for _ in range(count)]
 
 
-def endpoint_yaml() -> str:
+def endpoint_yaml(device: str = "cpu") -> str:
     return (
         "  mlp:\n"
         "    entrypoint: examples.mlp:MLP\n"
-        "    device: cpu\n"
+        f"    device: {device}\n"
         "    concurrency: 1\n"
         f"    batch: {{max_size: {BATCH}, max_delay_ms: {MAX_DELAY_MS}}}\n"
     )
@@ -51,13 +51,13 @@ def endpoint_yaml() -> str:
 # -- in-process (runs in its own pinned process: python -m benchmarks.mlp --in-process) --------
 
 
-def in_process(warmup_s: float, duration_s: float) -> dict[str, Any]:
+def in_process(warmup_s: float, duration_s: float, device: str = "cpu") -> dict[str, Any]:
     import torch
 
     from examples.mlp import MLP
 
     torch.set_num_threads(1)
-    model = MLP()
+    model = MLP(device)
     texts = inputs(INPUTS)
     results: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
     for batch in (1, BATCH):
@@ -98,9 +98,9 @@ def in_process(warmup_s: float, duration_s: float) -> dict[str, Any]:
     return results
 
 
-def run_in_process(warmup_s: float, duration_s: float) -> dict[str, Any]:
+def run_in_process(warmup_s: float, duration_s: float, device: str) -> dict[str, Any]:
     argv = [*common.pin_prefix(common.SERVER_CORE), sys.executable, "-m", "benchmarks.mlp", "--in-process"]
-    argv += ["--warmup", str(warmup_s), "--duration", str(duration_s)]
+    argv += ["--warmup", str(warmup_s), "--duration", str(duration_s), "--device", device]
     budget = 60 + 4 * (warmup_s + duration_s) * 2
     done = subprocess.run(argv, cwd=common.ROOT, capture_output=True, timeout=budget, check=False)
     if done.returncode != 0:
@@ -130,17 +130,18 @@ def run(
     warmup_s: float = 1.0,
     duration_s: float = 5.0,
     compare: tuple[tuple[str, Path], ...] = (),
+    device: str = "cpu",
 ) -> dict[str, Any]:
     info = common.machine_info()
     common.pin_self(common.CLIENT_CORE)
     common.print_machine(info)
     print("  in-process (pinned to the server's core, torch threads 1) ...", flush=True)
-    before = run_in_process(warmup_s, duration_s)
+    before = run_in_process(warmup_s, duration_s, device)
     _print_in_process(before)
     workload = common.servd_workload("mlp", json.loads(inputs(1)[0]))
     measurements: dict[str, list[dict[str, Any]]] = {}
     with common.workdir() as work, common.servers() as running:
-        config = common.servd_config(endpoint_yaml(), log_level="warning", torch_threads=1)
+        config = common.servd_config(endpoint_yaml(device), log_level="warning", torch_threads=1)
         for label, root in [("servd", common.ROOT), *compare]:
             running.append(common.start_servd(label, config, work, root=root))
         for n in clients:
@@ -154,7 +155,7 @@ def run(
                 line = common.progress_line(m)
                 print(f"  {server.name} {line}  mean batch {common.fmt(row['mean_batch'])}", flush=True)
     print("  in-process again, after servd ...", flush=True)
-    after = run_in_process(warmup_s, duration_s)
+    after = run_in_process(warmup_s, duration_s, device)
     _print_in_process(after)
     local = _mean_in_process(before, after)
     info["loadavg_at_end"] = common.loadavg()
@@ -168,6 +169,7 @@ def run(
             "batch": {"max_size": BATCH, "max_delay_ms": MAX_DELAY_MS},
             "concurrency": 1,
             "torch_threads": 1,
+            "device": device,
             "compare": {label: str(root) for label, root in compare},
         },
         "in_process": local,
@@ -220,7 +222,8 @@ def print_report(result: dict[str, Any]) -> None:
     print()
     settings = result["settings"]
     print(
-        f"mlp: servd batch.max_size {BATCH}, max_delay_ms {MAX_DELAY_MS}, concurrency 1, torch threads 1; "
+        f"mlp on {settings['device']}: servd batch.max_size {BATCH}, max_delay_ms {MAX_DELAY_MS}, concurrency 1, "
+        "torch threads 1; "
         f"closed loop, {settings['duration_s']} s per point after {settings['warmup_s']} s warm-up"
     )
     headers = ["", "samples/s", "share of batch-32 limit", "p50 ms", "p99 ms", "mean batch", "server cpu",
@@ -248,6 +251,7 @@ def print_report(result: dict[str, Any]) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_load_arguments(parser)
+    parser.add_argument("--device", default="cpu", help="where the model runs, in servd and in-process (cpu, cuda)")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,6 +260,7 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
         warmup_s=0.3 if args.quick else args.warmup,
         duration_s=1.5 if args.quick else args.duration,
         compare=tuple(common.parse_compare(args.compare)),
+        device=args.device,
     )
 
 
@@ -265,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.in_process:
-        print(json.dumps(in_process(args.warmup, args.duration)))
+        print(json.dumps(in_process(args.warmup, args.duration, args.device)))
         return 0
     result = run_from_args(args)
     print(f"written: {common.write_json('mlp', result)}")

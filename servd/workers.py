@@ -224,6 +224,9 @@ def _isolate(
     oom = is_oom(error)
     if oom:
         oom_sizes.append(len(inputs))
+        # The traceback's frames hold the failed call's tensors (activations): drop them, or the
+        # halves run out of memory too, with the whole batch's memory still allocated.
+        error.__traceback__ = None
     middle = len(inputs) // 2
     parts = ((inputs[:middle], offset), (inputs[middle:], offset + middle))
     results = [_attempt(job, part, at, emit) for part, at in parts]
