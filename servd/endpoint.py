@@ -213,8 +213,13 @@ class Endpoint:
         self._pump()
 
     def _free_instance(self) -> Instance | None:
-        free = [i for i in self.instances if not i.retired and i.running < self.spec.concurrency]
-        return min(free, key=lambda i: i.running) if free else None
+        """The least busy instance with a free slot (first listed wins a tie), or None."""
+        best: Instance | None = None
+        limit = self.spec.concurrency
+        for instance in self.instances:
+            if not instance.retired and instance.running < limit and (best is None or instance.running < best.running):
+                best = instance
+        return best
 
     def _launch(self, instance: Instance, requests: list[Request]) -> None:
         now = self.loop.time()

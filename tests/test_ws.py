@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
+from servd.handlers.ws import fast_send_supported
 from tests.harness import TERMINAL, WAIT_S, WsClient, serve
 
 
@@ -120,6 +121,19 @@ async def test_one_socket_carries_many_requests_to_different_endpoints(tmp_path)
         assert (await ws.terminal("e2"))["data"] == [2]
         for id in ("e1", "w1", 3, "e2"):
             assert len(terminals_of(ws, id)) == 1
+
+
+async def test_messages_use_the_direct_frame_write_on_this_tornado(tmp_path):
+    """servd writes frames without a Task per message on the Tornado installed here, and what it
+    writes is what a client reads, multi-byte text included. If a Tornado release renames the
+    internals this relies on, this fails (servd itself falls back to write_message)."""
+    async with serve(tmp_path, CONFIG) as d:
+        ws = await d.ws()
+        text = "naïve ✓ " * 40  # over 125 bytes: a frame with a 16-bit length
+        await ws.submit(1, "echo", text)
+        assert (await ws.terminal(1))["data"] == text
+        (socket,) = d.daemon.connections
+        assert fast_send_supported(socket.ws_connection)
 
 
 async def test_endpoint_socket_needs_no_endpoint_in_submit(tmp_path):
