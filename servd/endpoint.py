@@ -20,7 +20,7 @@ from tornado.ioloop import IOLoop
 from servd import batching, protocol
 from servd.entrypoints import Model
 from servd.errors import ErrorCode, ServdError
-from servd.metrics import EndpointMetrics
+from servd.metrics import EndpointSeries
 from servd.queue import RequestQueue
 from servd.request import Completed, Failed, Request, State, Terminal
 from servd.spec import EndpointSpec
@@ -80,7 +80,7 @@ def percentile(values: deque[float], q: float) -> float | None:
 
 
 class Endpoint:
-    def __init__(self, spec: EndpointSpec, runner: Runner, metrics: EndpointMetrics, log: Any, loop: IOLoop) -> None:
+    def __init__(self, spec: EndpointSpec, runner: Runner, metrics: EndpointSeries, log: Any, loop: IOLoop) -> None:
         self.spec = spec
         self.runner = runner
         self.metrics = metrics

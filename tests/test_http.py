@@ -425,6 +425,35 @@ async def test_metrics_count_requests_by_endpoint_and_outcome(tmp_path):
         assert "# TYPE servd_requests_total counter" in text
 
 
+def histogram(text: str, name: str, endpoint: str) -> tuple[dict[str, float], float, float]:
+    """({le: cumulative count}, count, sum) of one endpoint's histogram in /metrics text."""
+    buckets = {
+        le: float(v)
+        for le, v in re.findall(rf'^{name}_bucket\{{endpoint="{endpoint}",le="([^"]+)"\}} (\S+)$', text, re.M)
+    }
+    count = re.search(rf'^{name}_count\{{endpoint="{endpoint}"\}} (\S+)$', text, re.M)
+    total = re.search(rf'^{name}_sum\{{endpoint="{endpoint}"\}} (\S+)$', text, re.M)
+    assert count and total, text
+    return buckets, float(count.group(1)), float(total.group(1))
+
+
+async def test_metrics_histograms_count_every_completed_request_in_cumulative_buckets(tmp_path):
+    """servd_batch_size counts every call; servd_queue_seconds and servd_run_seconds every completed
+    request. Buckets are cumulative with `le` inclusive (a batch of exactly 1 is in le="1.0")."""
+    async with serve(tmp_path, CONFIG, expect_errors=True) as d:
+        for value in (2, 4, 6, 3):  # the odd one fails: a call, but no completed request
+            await d.post("odd", value)
+        text = (await d.http("GET", "/metrics")).body.decode()
+    buckets, count, total = histogram(text, "servd_batch_size", "odd")
+    assert (count, total, buckets["1.0"], buckets["+Inf"]) == (4.0, 4.0, 4.0, 4.0)
+    for name in ("servd_queue_seconds", "servd_run_seconds"):
+        buckets, count, total = histogram(text, name, "odd")
+        assert count == buckets["+Inf"] == 3.0
+        assert 0 <= total < 60
+        values = list(buckets.values())
+        assert values == sorted(values), buckets  # cumulative
+
+
 async def test_unknown_route_is_404_json(tmp_path):
     """A path that is no route gets a JSON 404."""
     async with serve(tmp_path, CONFIG) as d:

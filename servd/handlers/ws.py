@@ -24,19 +24,20 @@ SLOW_READER_CLOSE = 1008  # policy violation
 TEXT_OPCODE = 0x1
 
 
-def send_text(handler: WebSocketHandler, text: str) -> None:
-    """Write one text message without the asyncio Task that `write_message` makes per message.
+def send_text(handler: WebSocketHandler, text: str, direct: bool) -> None:
+    """Write one text message; `direct` skips the asyncio Task `write_message` makes per message.
 
     `write_message` wraps each write in a coroutine scheduled as a Task only to translate an
     error nobody awaits; at one message per request that is about a tenth of servd's CPU per
-    request. Uncompressed connections (servd never offers compression) write the frame
+    request. On uncompressed connections (servd never offers compression) the frame is written
     directly; the frame, the stream's buffer limit and its errors are Tornado's own. If a
-    Tornado release renames these internals, `write_message` is used (test_ws checks which).
+    Tornado release renames these internals, `fast_send_supported` is False and `write_message`
+    is used (test_ws checks which).
     """
     conn = handler.ws_connection
     if conn is None or conn.is_closing():
         raise WebSocketClosedError()
-    if fast_send_supported(conn):
+    if direct:
         payload = text.encode()
         conn._message_bytes_out += len(payload)  # type: ignore[attr-defined]
         conn._write_frame(True, TEXT_OPCODE, payload)  # type: ignore[attr-defined]
@@ -61,6 +62,7 @@ class QueueSocket(WebSocketHandler):
         self.in_flight: dict[str | int, Request] = {}
         self.client = ""
         self.gone = False
+        self.direct_send: bool | None = None
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Refuse before the upgrade: wrong token (401), unknown endpoint (404), full or draining (503)."""
@@ -162,7 +164,9 @@ class QueueSocket(WebSocketHandler):
         if self.gone:
             return
         try:
-            send_text(self, text)
+            if self.direct_send is None:  # compression, if any, was settled at the handshake
+                self.direct_send = fast_send_supported(self.ws_connection)
+            send_text(self, text, self.direct_send)
         except (WebSocketClosedError, StreamClosedError):
             self.gone = True
         except StreamBufferFullError:
