@@ -35,5 +35,7 @@ class MemoryHungry:
         self.chunk_bytes = free // self.SHARE
 
     def __call__(self, items: list[Any]) -> list[dict[str, Any]]:
-        held = [torch.empty(self.chunk_bytes, dtype=torch.uint8, device=self.device) for _ in items]
+        held = []  # a named local, like a model's activations: the frame keeps it if the call raises
+        for _ in items:
+            held.append(torch.empty(self.chunk_bytes, dtype=torch.uint8, device=self.device))
         return [{"value": item, "batch": len(items), "held": len(held)} for item in items]
