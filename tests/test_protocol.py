@@ -218,3 +218,20 @@ def test_a_number_too_large_for_a_float_is_a_bad_request_not_infinity():
     with pytest.raises(ProtocolError, match="too large for a float"):
         parse('{"type":"submit","id":1,"data":[1.5, 1e999]}')
     assert parse('{"type":"submit","id":1,"data":1e300}').data == 1e300
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [2**64, -(2**70), 10**308],  # past 64 bits: exact Python ints, never rounded to floats
+        [0.1, -1e-300, 1.7976931348623157e308, 5e-324],
+        {"nested": [[1, 2.5, "é ✓"], {"k": None, "b": True}]},
+    ],
+    ids=["big-integers", "float-extremes", "nested"],
+)
+def test_submitted_data_decodes_exactly_as_json_defines_it(data):
+    """Whatever decoder runs underneath, data arrives as the json module would decode it."""
+    text = json.dumps({"type": "submit", "id": 1, "data": data})
+    decoded = parse(text).data
+    assert decoded == json.loads(text)["data"]
+    assert json.dumps(decoded) == json.dumps(data)  # types too: an int stays an int
