@@ -85,6 +85,25 @@ def loads(text: str | bytes) -> Any:
     return _STRICT_DECODER.decode(text)
 
 
+def dumps(value: Any) -> str:
+    """JSON text of an entrypoint's result; TypeError/ValueError for what JSON can't hold (NaN too).
+
+    orjson encodes (about 10x faster than the json module on a list of floats); the json module
+    takes over where orjson would differ from it: orjson writes NaN and infinity as null (any
+    "null" in its output sends the value the slow way, so NaN is refused as before), and it
+    refuses integers past 64 bits, non-string keys and str/int subclasses, which json encodes.
+    orjson also encodes a few types the json module refuses (UUID, Enum); dataclasses and
+    datetimes are passed through so they are refused as before.
+    """
+    try:
+        raw: bytes | None = orjson.dumps(value, option=_ORJSON_STRICT)
+    except TypeError:
+        raw = None
+    if raw is not None and b"null" not in raw:
+        return raw.decode()
+    return _ENCODER.encode(value)
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
@@ -96,6 +115,8 @@ def _finite_float(literal: str) -> float:
     return value
 
 
+_ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 _STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _DIGITS_AS_ZERO = bytes(ord("0") if chr(c).isdigit() and c < 128 else ord(" ") for c in range(256))
 _LONG_DIGIT_RUN = b"0" * 19  # 2**63 has 19 digits: shorter integers are exact in orjson too

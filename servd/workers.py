@@ -9,7 +9,6 @@ interface (DESIGN.md §8).
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import threading
 import time
@@ -21,10 +20,9 @@ from typing import Any, Protocol
 from tornado.ioloop import IOLoop
 from tornado.log import app_log
 
+from servd import protocol
 from servd.devices import is_oom, loaded_torch, sync_torch_threads
 from servd.entrypoints import Model
-
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
 
 
 class BatchContractError(Exception):
@@ -319,7 +317,7 @@ def _checked_batch(values: Any, size: int) -> list[Any]:
 
 def _encode(value: Any) -> Outcome:
     try:
-        return Outcome(data_json=_ENCODER.encode(value))
+        return Outcome(data_json=protocol.dumps(value))
     except (TypeError, ValueError) as exc:
         return Outcome(error=NotJSON(f"the entrypoint returned a value that is not JSON: {exc}"))
 

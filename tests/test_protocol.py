@@ -235,3 +235,27 @@ def test_submitted_data_decodes_exactly_as_json_defines_it(data):
     decoded = parse(text).data
     assert decoded == json.loads(text)["data"]
     assert json.dumps(decoded) == json.dumps(data)  # types too: an int stays an int
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        [0.1, -0.0, 1e300, 5e-324, 16, True, "é ✓ </script>"],
+        {"a": None, "b": [None, 1]},  # null is kept, not confused with NaN
+        {1: "int keys become strings", 2**70: "as json does"},
+        [2**64, -(2**63) - 1],
+    ],
+    ids=["plain", "nulls", "int-keys", "big-integers"],
+)
+def test_results_encode_to_what_the_json_module_would_decode_the_same(value):
+    """protocol.dumps (orjson underneath) yields JSON meaning exactly what json.dumps yields."""
+    assert json.loads(protocol.dumps(value)) == json.loads(json.dumps(value))
+
+
+@pytest.mark.parametrize(
+    "value", [float("nan"), [1.0, float("inf")], {"x": {1, 2}}, object()], ids=["nan", "inf", "set", "object"]
+)
+def test_results_json_cannot_hold_are_refused(value):
+    """NaN and infinity are refused (orjson alone would write null), as are sets and objects."""
+    with pytest.raises((TypeError, ValueError)):
+        protocol.dumps(value)
