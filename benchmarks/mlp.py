@@ -6,7 +6,11 @@ clients each keep one request in flight. The in-process limit is the same model 
 directly with JSON-decoded lists (list-to-tensor conversion included) at batch 1 and batch 32,
 in a fresh process pinned to the same core with torch.set_num_threads(1).
 
-    python -m benchmarks.mlp [--quick] [--clients 1,64,256] [--duration 5]
+With --rounds R the servd points are measured R times, each round between two in-process runs
+whose mean is that round's limit (load on a shared machine drifts); each point reports the
+round with the median share.
+
+    python -m benchmarks.mlp [--quick] [--clients 1,64,256] [--duration 5] [--rounds 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -131,33 +135,41 @@ def run(
     duration_s: float = 5.0,
     compare: tuple[tuple[str, Path], ...] = (),
     device: str = "cpu",
+    rounds: int = 1,
 ) -> dict[str, Any]:
     info = common.machine_info()
     common.pin_self(common.CLIENT_CORE)
     common.print_machine(info)
     print("  in-process (pinned to the server's core, torch threads 1) ...", flush=True)
-    before = run_in_process(warmup_s, duration_s, device)
-    _print_in_process(before)
+    in_runs = [run_in_process(warmup_s, duration_s, device)]
+    _print_in_process(in_runs[0])
     workload = common.servd_workload("mlp", json.loads(inputs(1)[0]))
-    measurements: dict[str, list[dict[str, Any]]] = {}
+    every: dict[str, dict[int, list[dict[str, Any]]]] = {}
     with common.workdir() as work, common.servers() as running:
         config = common.servd_config(endpoint_yaml(device), log_level="warning", torch_threads=1)
         for label, root in [("servd", common.ROOT), *compare]:
             running.append(common.start_servd(label, config, work, root=root))
-        for n in clients:
-            for server in running:
-                sum0, count0 = batch_counters(server)
-                m = asyncio.run(common.closed_loop(server, workload, n, warmup_s, duration_s))
-                sum1, count1 = batch_counters(server)
-                row = m.as_dict()
-                row["mean_batch"] = (sum1 - sum0) / (count1 - count0) if count1 > count0 else None
-                measurements.setdefault(server.name, []).append(row)
-                line = common.progress_line(m)
-                print(f"  {server.name} {line}  mean batch {common.fmt(row['mean_batch'])}", flush=True)
-    print("  in-process again, after servd ...", flush=True)
-    after = run_in_process(warmup_s, duration_s, device)
-    _print_in_process(after)
-    local = _mean_in_process(before, after)
+        for round_ in range(rounds):
+            rows: list[dict[str, Any]] = []
+            for n in clients:
+                for server in running:
+                    sum0, count0 = batch_counters(server)
+                    m = asyncio.run(common.closed_loop(server, workload, n, warmup_s, duration_s))
+                    sum1, count1 = batch_counters(server)
+                    row = m.as_dict()
+                    row["mean_batch"] = (sum1 - sum0) / (count1 - count0) if count1 > count0 else None
+                    rows.append(row)
+                    every.setdefault(server.name, {}).setdefault(n, []).append(row)
+                    line = common.progress_line(m)
+                    print(f"  round {round_ + 1} {server.name} {line}  mean batch {common.fmt(row['mean_batch'])}")
+            print("  in-process again ...", flush=True)
+            in_runs.append(run_in_process(warmup_s, duration_s, device))
+            _print_in_process(in_runs[-1])
+            limit = (in_runs[-2][LIMIT_KEY]["samples_per_s"] + in_runs[-1][LIMIT_KEY]["samples_per_s"]) / 2
+            for row in rows:
+                row["share"] = common.ratio(row["rate"], limit)
+    measurements = {name: [_median_by_share(by_n[n]) for n in clients] for name, by_n in every.items()}
+    local = _mean_in_process(in_runs)
     info["loadavg_at_end"] = common.loadavg()
     result = {
         "benchmark": "mlp",
@@ -170,11 +182,13 @@ def run(
             "concurrency": 1,
             "torch_threads": 1,
             "device": device,
+            "rounds": rounds,
             "compare": {label: str(root) for label, root in compare},
         },
         "in_process": local,
-        "in_process_runs": [before, after],
+        "in_process_runs": in_runs,
         "results": measurements,
+        "all_rounds": {name: {str(n): ms for n, ms in by_n.items()} for name, by_n in every.items()},
     }
     result["summary"] = summarize(result)
     print_report(result)
@@ -182,6 +196,15 @@ def run(
 
 
 IN_PROCESS_KEYS = ("batch1", "batch1_json", f"batch{BATCH}", f"batch{BATCH}_json")
+LIMIT_KEY = f"batch{BATCH}"
+
+
+def _median_by_share(measurements: list[dict[str, Any]]) -> dict[str, Any]:
+    """Of one point's rounds, the one with the median share of its round's limit (kept whole)."""
+    ordered = sorted(measurements, key=lambda m: m["share"] or 0.0)
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["round_shares"] = [m["share"] for m in measurements]
+    return chosen
 
 
 def _print_in_process(local: dict[str, Any]) -> None:
@@ -190,13 +213,16 @@ def _print_in_process(local: dict[str, Any]) -> None:
         print(f"  in-process {key:>12}: {m['samples_per_s']:9.0f} samples/s  call p50 {m['call_p50_ms']:.3f} ms")
 
 
-def _mean_in_process(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The in-process limit is measured before and after servd (machine load drifts); use the mean."""
-    mean: dict[str, Any] = {"torch_threads": before["torch_threads"]}
+def _mean_in_process(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The in-process limit is measured before, between and after servd's rounds; use the mean."""
+    mean: dict[str, Any] = {"torch_threads": runs[0]["torch_threads"]}
     for key in IN_PROCESS_KEYS:
-        a, b = before[key], after[key]
+        first = runs[0][key]
         mean[key] = {
-            k: (a[k] + b[k]) / 2 if k != "batch" and a[k] is not None and b[k] is not None else a[k] for k in a
+            k: sum(r[key][k] for r in runs) / len(runs)
+            if k != "batch" and all(r[key][k] is not None for r in runs)
+            else first[k]
+            for k in first
         }
     return mean
 
@@ -208,7 +234,7 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
         for m in ms:
             target = TARGET_SHARE_AT_64 if m["clients"] == 64 and name == "servd" else None
             what = f"mlp {name} / in-process batch {BATCH} samples/s, {m['clients']} clients"
-            rows.append(common.summary_row(what, common.ratio(m["rate"], limit), target))
+            rows.append(common.summary_row(what, m.get("share", common.ratio(m["rate"], limit)), target))
             if m["clients"] == 64:
                 target = TARGET_P99_MS_AT_64 if name == "servd" else None
                 rows.append(common.summary_row(f"mlp {name} p99 ms, 64 clients", m["p99_ms"], target, higher=False))
@@ -236,15 +262,19 @@ def print_report(result: dict[str, Any]) -> None:
                      m["call_p99_ms"], m["batch"], "100%", 1e6 / m["samples_per_s"], None])  # fmt: skip
     servd = [(name, m) for name, ms in result["results"].items() for m in ms]
     for name, m in sorted(servd, key=lambda item: item[1]["clients"]):
-        rows.append([f"{name}, {m['clients']} clients", m["rate"], common.ratio(m["rate"], limit), m["p50_ms"],
+        rows.append([f"{name}, {m['clients']} clients", m["rate"], m.get("share"), m["p50_ms"],
                      m["p99_ms"], m["mean_batch"], f"{m['server_cpu']:.0%}", m["server_us_per_request"],
                      m["switches_per_request"]])  # fmt: skip
     print(common.table(headers, rows))
     first = result["results"]["servd"][0]
     print(f"servd at {first['clients']} client(s) / in-process batch 1: {common.fmt(common.ratio(first['rate'], one))}")
-    runs = [r[f"batch{BATCH}"]["samples_per_s"] for r in result["in_process_runs"]]
-    before, after = (common.fmt(r) for r in runs)
-    print(f"in-process batch {BATCH} before / after servd: {before} / {after} samples/s (their mean is the limit)")
+    runs = " / ".join(common.fmt(r[LIMIT_KEY]["samples_per_s"]) for r in result["in_process_runs"])
+    print(f"in-process batch {BATCH} before, between and after servd's rounds: {runs} samples/s")
+    print("share = samples/s over the mean of the in-process runs either side of its round; median round shown")
+    for name, ms in result["results"].items():
+        for m in ms:
+            shares = ", ".join(common.fmt(x) for x in m.get("round_shares", []))
+            print(f"  {name} at {m['clients']} clients, share in each round: {shares}")
     machine = result["machine"]
     print(f"load average at start {machine['loadavg_at_start']}, at end {machine['loadavg_at_end']}")
 
@@ -252,6 +282,7 @@ def print_report(result: dict[str, Any]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_load_arguments(parser)
     parser.add_argument("--device", default="cpu", help="where the model runs, in servd and in-process (cpu, cuda)")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat servd's points; each reports its median round")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -261,6 +292,7 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
         duration_s=1.5 if args.quick else args.duration,
         compare=tuple(common.parse_compare(args.compare)),
         device=args.device,
+        rounds=args.rounds,
     )
 
 
