@@ -8,6 +8,9 @@ test modules serve it too (as `tests.test_ws:GATE`).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,8 +19,9 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from servd.handlers.ws import fast_send_supported
+from servd.handlers.ws import BufferedFrames, fast_send_supported
 from tests.harness import TERMINAL, WAIT_S, WsClient, serve
+from tests.test_slow_clients import _handshake
 
 
 class Gate:
@@ -134,6 +138,63 @@ async def test_messages_use_the_direct_frame_write_on_this_tornado(tmp_path):
         assert (await ws.terminal(1))["data"] == text
         (socket,) = d.daemon.connections
         assert fast_send_supported(socket.ws_connection)
+        assert isinstance(socket.ws_connection, BufferedFrames)
+
+
+def masked_frame(opcode: int, payload: bytes, final: bool = True) -> bytes:
+    """One client frame (masked, as RFC 6455 requires of clients), any opcode, final or not."""
+    mask = os.urandom(4)
+    head = (0x80 if final else 0) | opcode
+    length = len(payload)
+    size = struct.pack("!B", 0x80 | length) if length < 126 else struct.pack("!BH", 0x80 | 126, length)
+    return bytes([head]) + size + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def read_frames(sock: Any, count: int) -> list[tuple[int, bytes]]:
+    """Read `count` server frames (unmasked): [(opcode, payload)]."""
+    buffer, frames = b"", []
+    while len(frames) < count:
+        buffer += sock.recv(65536)
+        while len(buffer) >= 2:
+            length, start = buffer[1] & 0x7F, 2
+            if length == 126:
+                if len(buffer) < 4:
+                    break
+                length, start = struct.unpack("!H", buffer[2:4])[0], 4
+            if len(buffer) < start + length:
+                break
+            frames.append((buffer[0] & 0x0F, buffer[start : start + length]))
+            buffer = buffer[start + length :]
+    return frames
+
+
+def submit_text(id: int, data: Any) -> bytes:
+    return json.dumps({"type": "submit", "id": id, "endpoint": "echo", "data": data, "progress": False}).encode()
+
+
+async def test_frames_arriving_together_split_or_fragmented_are_each_read_right(tmp_path):
+    """Over a raw socket: three frames in one write, one frame sent a byte at a time, and a message
+    in three fragments with a ping between them all get their answers (and the ping its pong)."""
+    async with serve(tmp_path, CONFIG) as d:
+        loop = asyncio.get_running_loop()
+        sock = await loop.run_in_executor(None, _handshake, d.daemon.port)
+
+        def exchange() -> list[tuple[int, bytes]]:
+            sock.sendall(b"".join(masked_frame(0x1, submit_text(i, i)) for i in (1, 2, 3)))
+            for byte in masked_frame(0x1, submit_text(4, "x" * 300)):
+                sock.sendall(bytes([byte]))
+            whole = submit_text(5, "fragmented ✓")
+            sock.sendall(masked_frame(0x1, whole[:10], final=False))
+            sock.sendall(masked_frame(0x9, b"are you there"))
+            sock.sendall(masked_frame(0x0, whole[10:20], final=False) + masked_frame(0x0, whole[20:]))
+            return read_frames(sock, 6)
+
+        frames = await loop.run_in_executor(None, exchange)
+        sock.close()
+    assert (0xA, b"are you there") in frames
+    answers = {m["id"]: m for m in (json.loads(p) for op, p in frames if op == 0x1)}
+    assert {i: answers[i]["data"] for i in answers} == {1: 1, 2: 2, 3: 3, 4: "x" * 300, 5: "fragmented ✓"}
+    assert all(m["type"] == "completed" for m in answers.values())
 
 
 async def test_endpoint_socket_needs_no_endpoint_in_submit(tmp_path):
