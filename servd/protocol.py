@@ -91,7 +91,9 @@ def dumps(value: Any) -> str:
     orjson encodes (about 10x faster than the json module on a list of floats); the json module
     takes over where orjson would differ from it: orjson writes NaN and infinity as null (any
     "null" in its output sends the value the slow way, so NaN is refused as before), and it
-    refuses integers past 64 bits, non-string keys and str/int subclasses, which json encodes.
+    refuses integers past 64 bits, non-string keys and str/int subclasses, which json encodes;
+    and it writes non-ASCII text raw where servd has always sent ASCII escapes (some clients split
+    lines on U+2028), so such output is encoded by json too.
     orjson also encodes a few types the json module refuses (UUID, Enum); dataclasses and
     datetimes are passed through so they are refused as before.
     """
@@ -99,8 +101,8 @@ def dumps(value: Any) -> str:
         raw: bytes | None = orjson.dumps(value, option=_ORJSON_STRICT)
     except TypeError:
         raw = None
-    if raw is not None and b"null" not in raw:
-        return raw.decode()
+    if raw is not None and raw.isascii() and b"null" not in raw:
+        return raw.decode("ascii")
     return _ENCODER.encode(value)
 
 
