@@ -107,3 +107,26 @@ async def test_client_that_never_answers_pings_is_dropped(tmp_path):
         await wait_until(lambda: len(d.daemon.connections) == 1)
         await wait_until(lambda: len(d.daemon.connections) == 0)
         sock.close()
+
+
+async def test_a_result_larger_than_the_client_buffer_gets_a_clean_close_not_half_a_frame(tmp_path):
+    """One result over max_client_buffer_bytes (64 KiB here) is refused whole: the first frame the
+    client reads is the 1008 close frame, never part of the result followed by the close."""
+    async with serve(tmp_path, CONFIG.format(ping=20)) as d:
+        sock = await raw_websocket(d.daemon.port)
+        submit = {"type": "submit", "id": 1, "endpoint": "echo", "data": "x" * 300_000, "progress": False}
+        loop = asyncio.get_running_loop()
+
+        def first_frame() -> tuple[int, bytes]:
+            sock.sendall(frame(json.dumps(submit)))
+            head = b""
+            while len(head) < 4:
+                chunk = sock.recv(4 - len(head))
+                assert chunk, "connection closed without a frame"
+                head += chunk
+            return head[0], head[2:4]
+
+        opcode, code = await loop.run_in_executor(None, first_frame)
+        sock.close()
+    assert opcode == 0x88, f"first frame has opcode {opcode:#x}, not a close frame"
+    assert struct.unpack("!H", code)[0] == 1008

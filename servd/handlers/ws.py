@@ -55,7 +55,10 @@ def send_text(handler: WebSocketHandler, text: str, direct: bool) -> None:
     stream = conn.stream
     if stream is None:
         raise WebSocketClosedError()
-    if not stream.writing():
+    limit = stream.max_write_buffer_size
+    if not stream.writing() and (limit is None or len(frame) <= limit):
+        # A frame over the limit goes straight to stream.write, which refuses it whole (slow
+        # reader): sending part of it first would leave half a frame before the close frame.
         try:
             sent = stream.socket.send(frame)
         except OSError:  # would block, or a dead peer: stream.write below handles both as usual
