@@ -8,6 +8,7 @@ which run the daemon in the same process.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,3 +79,20 @@ class GatedCounter:
         with self.lock:
             self.count += 1
             return {"device": self.device, "count": self.count, "data": data}
+
+
+class Tracked:
+    """Weakly records each instance's payload in `alive`, so a test can see when a removed model is freed."""
+
+    alive: list[weakref.ref[Any]] = []
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.payload = _Payload()
+        Tracked.alive.append(weakref.ref(self.payload))
+
+    def __call__(self, data: Any) -> Any:
+        return data
+
+
+class _Payload:
+    """Stands for a model's weights."""

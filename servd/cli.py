@@ -126,6 +126,7 @@ def _exit_past_stuck_calls(code: int) -> int:
 
 
 async def _serve(spec: Spec, overrides: dict[str, Any]) -> int:
+    from servd import gcpolicy
     from servd.daemon import Daemon
 
     daemon = Daemon(spec, server_overrides=overrides)
@@ -146,6 +147,7 @@ async def _serve(spec: Spec, overrides: dict[str, Any]) -> int:
         daemon.log.error("start failed", error=f"{type(exc).__name__}: {exc}")
         await daemon.shutdown()
         return 1
+    gcpolicy.freeze_startup()
     watchdog = _start_watchdog()
     await stop.wait()
     if watchdog is not None:

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 from tornado.ioloop import IOLoop
 from tornado.netutil import bind_sockets
 
-from servd import __version__, auth, devices, entrypoints, hostcheck, logs, systemd
+from servd import __version__, auth, devices, entrypoints, gcpolicy, hostcheck, logs, systemd
 from servd.app import HARD_FRAME_FACTOR, listener_settings, make_app
 from servd.check import load_checked
 from servd.endpoint import Endpoint
@@ -368,11 +368,16 @@ class Daemon:
 
     async def _finish_retiring(self, endpoint: Endpoint) -> None:
         await endpoint.wait_idle()
-        endpoint.close_models()
+        closing = endpoint.close_models()
         self.retiring.remove(endpoint)
-        if endpoint.name not in self.endpoints and not any(e.name == endpoint.name for e in self.retiring):
-            self.metrics.forget_endpoint(endpoint.name)
-        self.log.info("endpoint removed", endpoint=endpoint.name)
+        name = endpoint.name
+        if name not in self.endpoints and not any(e.name == name for e in self.retiring):
+            self.metrics.forget_endpoint(name)
+        self.log.info("endpoint removed", endpoint=name)
+        if closing:  # close() runs on a worker and holds the model until it returns
+            await asyncio.wait(closing, timeout=self.spec.server.drain_timeout_s)
+        del endpoint, closing
+        gcpolicy.collect_removed()
 
     def _record_reload(self, result: str, started: float, **details: Any) -> None:
         took = round(time.perf_counter() - started, 4)
