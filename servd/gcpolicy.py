@@ -2,7 +2,9 @@
 
 After startup everything loaded (torch alone is hundreds of thousands of objects, and the models)
 lives as long as the process, so it is frozen: collections then walk only what serving creates,
-about 8% more throughput on the MLP benchmark. But a removed endpoint's model sits in reference
+about 8% more throughput on the MLP benchmark. The young generation is collected every 3,000
+allocations instead of 700: 9% more again, with p99 at 64 clients 26 -> 30 ms (20,000 tripled
+p99, so no further). But a removed endpoint's model sits in reference
 cycles (the endpoint, its instances, their callbacks), which only a collection frees, and frozen
 objects are never collected; so a reload that removes an endpoint thaws, collects and freezes
 again. That full collection holds the loop for about 0.1 s with torch loaded, once per such
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import gc
 
+YOUNG_THRESHOLD = 3000  # Python's default: 700
 _frozen = False
 
 
@@ -24,6 +27,7 @@ def freeze_startup() -> None:
     global _frozen
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     _frozen = True
 
 
@@ -39,4 +43,5 @@ def thaw() -> None:
     """Undo `freeze_startup` (tests)."""
     global _frozen
     gc.unfreeze()
+    gc.set_threshold(700, *gc.get_threshold()[1:])
     _frozen = False
