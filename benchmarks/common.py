@@ -297,11 +297,12 @@ def start_servd(name: str, config_text: str, workdir: Path, root: Path = ROOT) -
 
 
 def add_load_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every closed-loop benchmark takes: client counts, windows, --compare."""
+    """The options every closed-loop benchmark takes: client counts, windows, rounds, --compare."""
     parser.add_argument("--quick", action="store_true", help="short warm-up and windows (0.3 s + 1.5 s)")
     parser.add_argument("--clients", default="1,64,256", help="comma-separated client counts")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per point")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before each window")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each point reports its median round")
     parser.add_argument(
         "--compare",
         action="append",
@@ -309,6 +310,17 @@ def add_load_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=PATH",
         help="also measure servd from another checkout (e.g. a copy with a change), in the same run",
     )
+
+
+def load_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """add_load_arguments' options as run()'s keyword arguments (--quick: short windows)."""
+    return {
+        "clients": tuple(int(c) for c in args.clients.split(",")),
+        "warmup_s": 0.3 if args.quick else args.warmup,
+        "duration_s": 1.5 if args.quick else args.duration,
+        "rounds": args.rounds,
+        "compare": tuple(parse_compare(args.compare)),
+    }
 
 
 def parse_compare(values: Sequence[str]) -> list[tuple[str, Path]]:

@@ -192,7 +192,6 @@ def print_report(result: dict[str, Any]) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_load_arguments(parser)
-    parser.add_argument("--rounds", type=int, default=1, help="repeat the sweep; each point reports its median")
     parser.add_argument("--levels", default="warning,info", help="servd log levels to measure")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrency of the echo endpoint")
     parser.add_argument("--profile", type=Path, help="py-spy record servd into this file (.svg, .json, .txt)")
@@ -201,15 +200,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return run(
-        clients=tuple(int(c) for c in args.clients.split(",")),
-        warmup_s=0.3 if args.quick else args.warmup,
-        duration_s=1.5 if args.quick else args.duration,
-        rounds=args.rounds,
+        **common.load_settings(args),
         levels=tuple(args.levels.split(",")),
         concurrency=args.concurrency,
         profile=args.profile,
         profile_clients=args.profile_clients,
-        compare=tuple(common.parse_compare(args.compare)),
     )
 
 

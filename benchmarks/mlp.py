@@ -282,18 +282,10 @@ def print_report(result: dict[str, Any]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_load_arguments(parser)
     parser.add_argument("--device", default="cpu", help="where the model runs, in servd and in-process (cpu, cuda)")
-    parser.add_argument("--rounds", type=int, default=1, help="repeat servd's points; each reports its median round")
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return run(
-        clients=tuple(int(c) for c in args.clients.split(",")),
-        warmup_s=0.3 if args.quick else args.warmup,
-        duration_s=1.5 if args.quick else args.duration,
-        compare=tuple(common.parse_compare(args.compare)),
-        device=args.device,
-        rounds=args.rounds,
-    )
+    return run(**common.load_settings(args), device=args.device)
 
 
 def main(argv: list[str] | None = None) -> int:

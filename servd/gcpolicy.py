@@ -20,14 +20,16 @@ import gc
 
 YOUNG_THRESHOLD = 3000  # Python's default: 700
 _frozen = False
+_thresholds_before: tuple[int, ...] = ()
 
 
 def freeze_startup() -> None:
     """Freeze every object alive now; call once the daemon is serving."""
-    global _frozen
+    global _frozen, _thresholds_before
+    _thresholds_before = gc.get_threshold()
     gc.collect()
     gc.freeze()
-    gc.set_threshold(YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    gc.set_threshold(YOUNG_THRESHOLD, *_thresholds_before[1:])
     _frozen = True
 
 
@@ -43,5 +45,6 @@ def thaw() -> None:
     """Undo `freeze_startup` (tests)."""
     global _frozen
     gc.unfreeze()
-    gc.set_threshold(700, *gc.get_threshold()[1:])
+    if _thresholds_before:
+        gc.set_threshold(*_thresholds_before)
     _frozen = False

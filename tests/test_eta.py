@@ -5,7 +5,6 @@ bounded rate."""
 from __future__ import annotations
 
 import asyncio
-import json
 from itertools import pairwise
 from typing import Any
 
@@ -29,18 +28,10 @@ endpoints:
 class StampedClient(WsClient):
     """A WsClient that also notes the loop time each message arrived at (as "at")."""
 
-    async def _read(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            text = await self.conn.read_message()
-            if text is None:
-                self.closed = True
-                self._arrived.set()
-                return
-            message = json.loads(text)
-            message["at"] = loop.time()
-            self.messages.append(message)
-            self._arrived.set()
+    def _parse(self, text: str) -> dict[str, Any]:
+        message = super()._parse(text)
+        message["at"] = asyncio.get_running_loop().time()
+        return message
 
 
 async def stamped(d: Running) -> StampedClient:
