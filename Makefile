@@ -3,6 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
+# `make serve PORT=8711 HOST=0.0.0.0`: passed to `servd run` as --port/--host, over servd.yaml's
+# server.port/host. Only from make's command line: a PORT or HOST in the environment (often set
+# for other tools) must not move the daemon, least of all onto the network.
+command_line_option = $(if $(and $(filter command line,$(origin $(1))),$($(1))),$(2) $($(1)))
+SERVE_ARGS = $(call command_line_option,HOST,--host) $(call command_line_option,PORT,--port)
 
 $(BIN)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +20,7 @@ $(BIN)/.installed: setup.cfg pyproject.toml
 install: $(BIN)/.installed
 
 serve: $(BIN)/.installed
-	$(BIN)/servd run servd.yaml
+	$(strip $(BIN)/servd run servd.yaml $(SERVE_ARGS))
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check servd tests examples benchmarks

@@ -22,6 +22,22 @@ def fail_on_odd_batch(items: list[Any]) -> list[Any]:
     return [{"value": item, "batch": len(items)} for item in items]
 
 
+def slow_fail_on_odd_batch(items: list[Any]) -> list[Any]:
+    """Batched: every call sleeps 0.2 s, then raises if any input is an odd integer (isolation takes
+    several calls; each result's timing must be its own call's)."""
+    time.sleep(0.2)
+    return fail_on_odd_batch(items)
+
+
+def nested(depth: Any) -> Any:
+    """Returns a list nested `depth` levels deep: valid JSON that servd's encoder can't write past
+    about 1,000 levels (its result encoding fails, not the entrypoint)."""
+    value: list[Any] = []
+    for _ in range(int(depth) - 1):
+        value = [value]
+    return value
+
+
 def sleep(data: Any) -> Any:
     """Sleeps data["s"] seconds (or data seconds), then returns data."""
     seconds = data.get("s", 0) if isinstance(data, dict) else data

@@ -6,24 +6,19 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Daemon", "Spec", "SpecError", "__version__", "load_spec"]
+__all__ = ["Checked", "Spec", "SpecError", "__version__", "load_checked"]
 
 if TYPE_CHECKING:
-    from servd.check import load_checked as load_spec
-    from servd.daemon import Daemon
+    from servd.check import Checked, load_checked
     from servd.spec import Spec, SpecError
 
 
 def __getattr__(name: str) -> Any:
     """Lazy public names, so `import servd.client`-style light imports don't pull in tornado."""
-    if name == "Daemon":
-        from servd.daemon import Daemon
+    if name in ("Checked", "load_checked"):
+        from servd import check
 
-        return Daemon
-    if name == "load_spec":
-        from servd.check import load_checked
-
-        return load_checked
+        return getattr(check, name)
     if name in ("Spec", "SpecError"):
         from servd import spec
 

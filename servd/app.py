@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tornado.web import Application, RequestHandler
 
@@ -11,18 +11,15 @@ from servd.handlers import ops
 from servd.handlers.base import NotFound
 from servd.handlers.http import EndpointHTTP
 from servd.handlers.ws import QueueSocket
-from servd.spec import ServerSpec
 
 if TYPE_CHECKING:
     from servd.daemon import Daemon
 
 NAME = r"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]*)"
-# Frames up to this many times max_message_bytes get a too_large message; larger ones close the socket.
-HARD_FRAME_FACTOR = 2
 
 
 def make_app(daemon: Daemon) -> Application:
-    server = daemon.spec.server
+    """Routes, with the daemon injected into each handler; listener settings come from `listener.WebFront`."""
     deps = {"daemon": daemon}
     return Application(
         [
@@ -38,18 +35,8 @@ def make_app(daemon: Daemon) -> Application:
         default_handler_class=NotFound,
         default_handler_args=deps,
         compress_response=False,
-        **listener_settings(server),
         log_function=functools.partial(_access_log, daemon),
     )
-
-
-def listener_settings(server: ServerSpec) -> dict[str, Any]:
-    """Tornado settings taken from servd.yaml; read per connection, so a reload can change them."""
-    return {
-        "websocket_ping_interval": server.ping_interval_s,
-        "websocket_ping_timeout": server.ping_interval_s,
-        "websocket_max_message_size": server.max_message_bytes * HARD_FRAME_FACTOR,
-    }
 
 
 def _access_log(daemon: Daemon, handler: RequestHandler) -> None:

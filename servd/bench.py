@@ -378,7 +378,18 @@ def table_text(options: Options, levels: list[dict[str, Any]]) -> str:
 # -- command line ------------------------------------------------------------------------------
 
 
+EXIT_STATUS = (
+    "Exit status: 0 when every level completed at least one request and lost none; 1 when a level "
+    "lost a request or completed none (every request failed: a wrong endpoint, a refused token, a "
+    "model that always raises), or when the server can't be reached; 2 for bad arguments. Errors "
+    "beside completions (queue_full, timeout, ...) are the server's answer to the load and leave it "
+    "0; read them from the output (--json: levels[].errors)."
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The bench's options and its exit-status rule (the `servd bench` subcommand's and `python -m servd.bench`'s)."""
+    parser.epilog = EXIT_STATUS
     parser.add_argument("url", help="the server, e.g. ws://127.0.0.1:8700 (http:// works too)")
     parser.add_argument("--endpoint", required=True, help="endpoint to load")
     parser.add_argument("--clients", default="1", help="concurrent clients; a list (1,16,64,256) sweeps")
@@ -419,7 +430,8 @@ def options_from(args: argparse.Namespace) -> Options:
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run the bench from parsed arguments: 0, or 1 when a request was lost or the server unreachable."""
+    """Run the bench from parsed arguments: 0; 1 when a level failed (see `failures`) or the server is
+    unreachable; 2 for bad arguments."""
     try:
         options = options_from(args)
     except (ValueError, OSError) as exc:
@@ -438,7 +450,29 @@ def main(args: argparse.Namespace) -> int:
         print(summary_text(options, levels[0]))
     else:
         print(table_text(options, levels))
-    return 1 if any(level["lost"] for level in levels) else 0
+    problems = failures(levels)
+    for problem in problems:
+        print(f"servd bench: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+def failures(levels: list[dict[str, Any]]) -> list[str]:
+    """Why the run failed, one line per level that failed; none when it passed.
+
+    A level fails when a request was lost or when no measured request completed: then the
+    numbers measure nothing (a wrong endpoint, a token refused, a model that always raises).
+    Some errors among completions do not fail the run: queue_full, timeout and the like are
+    how a server answers overload, which is what a load test is there to see.
+    """
+    problems = []
+    for level in levels:
+        where = f"at {level['clients']} client{'s' if level['clients'] != 1 else ''}"
+        if level["lost"]:
+            problems.append(f"{level['lost']} request(s) lost {where}: no answer while the connection stayed open")
+        if not level["completed"]:
+            seen = f"all {level['sent']} failed ({_errors_text(level['errors'])})" if level["sent"] else "none sent"
+            problems.append(f"no request completed {where}: {seen}")
+    return problems
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

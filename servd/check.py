@@ -1,36 +1,103 @@
 """The full check of a config file: the file itself, then its entrypoints and devices.
 
 `servd check`, the daemon's start and every reload use `load_checked`, so a file that passes
-`servd check` is one the daemon will accept.
+`servd check` is one the daemon will accept, and the daemon serves what was checked (the
+resolved entrypoints and devices), not a second resolution of it. Like a compiler, the check
+reports every problem in one pass: a schema error in one place doesn't hide an entrypoint that
+can't be imported elsewhere, or in the same endpoint.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
 
 from servd import devices, entrypoints
-from servd.spec import Problem, Spec, SpecError, parse
+from servd.entrypoints import Entrypoint
+from servd.schema import Located, Problem, SpecError, parse_yaml
+from servd.spec import Spec, parse
 
 
-def load_checked(path: str | os.PathLike[str], *, fresh_imports: bool = False) -> Spec:
-    """parse() plus: each entrypoint imports and is callable, each device exists."""
-    spec = parse(path)
+@dataclass(frozen=True)
+class Checked:
+    """A spec whose entrypoints imported and whose devices exist, with what they resolved to."""
+
+    spec: Spec
+    entrypoints: Mapping[str, Entrypoint]  # endpoint name -> its resolved entrypoint
+    devices: Mapping[str, tuple[str, ...]]  # endpoint name -> concrete devices, one model each
+
+
+def load_checked(path: str | os.PathLike[str], *, fresh_imports: bool = False) -> Checked:
+    """parse() plus: each entrypoint imports and is callable, each device exists. Raises SpecError
+    listing every problem found, the file's and the code's together."""
+    try:
+        spec = parse(path)
+    except SpecError as exc:
+        raise SpecError(_sorted(exc.problems + _code_problems_despite(path, exc.problems, fresh_imports))) from None
+    resolved: dict[str, Entrypoint] = {}
+    placed: dict[str, tuple[str, ...]] = {}
     problems = []
     for name, ep in spec.endpoints.items():
         try:
-            entrypoints.resolve(ep.entrypoint, spec.path.parent, fresh=fresh_imports)
+            resolved[name] = entrypoints.resolve(ep.entrypoint, spec.path.parent, fresh=fresh_imports)
         except entrypoints.EntrypointError as exc:
-            problems.append(_problem(spec, f"endpoints.{name}.entrypoint", str(exc)))
+            problems.append(spec.problem(f"endpoints.{name}.entrypoint", str(exc)))
             continue
         try:
-            devices.resolve(ep.devices)
+            placed[name] = tuple(devices.resolve(ep.devices))
         except devices.DeviceError as exc:
-            problems.append(_problem(spec, f"endpoints.{name}.device", str(exc)))
+            problems.append(spec.problem(f"endpoints.{name}.device", str(exc)))
     if problems:
         raise SpecError(problems)
-    return spec
+    return Checked(spec, MappingProxyType(resolved), MappingProxyType(placed))
 
 
-def _problem(spec: Spec, dotted: str, message: str) -> Problem:
-    file, line, col = spec.where(dotted).rsplit(":", 2)
-    return Problem(file, int(line), int(col), dotted, message)
+def _code_problems_despite(path: str | os.PathLike[str], found: list[Problem], fresh: bool) -> list[Problem]:
+    """The entrypoint and device problems of a file that failed its schema, for every endpoint
+    whose `entrypoint` (and `device`) keys themselves are well-formed."""
+    try:
+        located = parse_yaml(Path(path).read_text("utf-8"), str(path))
+    except (OSError, UnicodeDecodeError, SpecError):
+        return []  # unreadable or not YAML: the problems already found say so
+    endpoints_ = located.data.get("endpoints") if isinstance(located.data, dict) else None
+    if not isinstance(endpoints_, dict):
+        return []
+    flagged = {p.path for p in found}
+    problems = []
+    for name, ep in endpoints_.items():
+        if isinstance(ep, dict):
+            problems += _endpoint_code_problems(located, flagged, str(name), ep, Path(path).parent, fresh)
+    return problems
+
+
+def _endpoint_code_problems(
+    located: Located, flagged: set[str], name: str, ep: dict[str, Any], search_dir: Path, fresh: bool
+) -> list[Problem]:
+    key = f"endpoints.{name}.entrypoint"
+    ref = ep.get("entrypoint")
+    if not isinstance(ref, str) or key in flagged:
+        return []
+    try:
+        entrypoints.resolve(ref, search_dir, fresh=fresh)
+    except entrypoints.EntrypointError as exc:
+        return [located.problem(("endpoints", name, "entrypoint"), str(exc))]
+    device = ep.get("device", "auto")
+    names = device if isinstance(device, list) else [device]
+    device_key = f"endpoints.{name}.device"
+    if any(p == device_key or p.startswith(device_key + ".") for p in flagged) or not all(
+        isinstance(n, str) for n in names
+    ):
+        return []
+    try:
+        devices.resolve(names)
+    except devices.DeviceError as exc:
+        return [located.problem(("endpoints", name, "device"), str(exc))]
+    return []
+
+
+def _sorted(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.file, p.line, p.col))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,8 +19,8 @@ from servd import __version__
 if TYPE_CHECKING:
     from tornado.ioloop import PeriodicCallback
 
+    from servd.check import Checked
     from servd.schema import SpecError
-    from servd.spec import Spec
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,7 +76,7 @@ def _check(file: str) -> int:
     from servd.schema import SpecError
 
     try:
-        spec = load_checked(file)
+        spec = load_checked(file).spec
     except SpecError as exc:
         _print_problems(exc)
         return 1
@@ -95,41 +96,43 @@ def _run(file: str, host: str | None, port: int | None) -> int:
     from servd.schema import SpecError
 
     try:
-        spec = load_checked(file)
+        checked = load_checked(file)
     except SpecError as exc:
         _print_problems(exc)
         return 1
     overrides = {key: value for key, value in (("host", host), ("port", port)) if value is not None}
     loop = asyncio.new_event_loop()
+    unfinished: list[str] = []
     try:
-        code = loop.run_until_complete(_serve(spec, overrides))
+        code = loop.run_until_complete(_serve(checked, overrides, unfinished))
     except OSError as exc:
-        print(f"servd: cannot start: {exc}", file=sys.stderr)
+        print(f"servd: cannot start: {exc.strerror or exc}", file=sys.stderr)
         code = 1
-    return _exit_past_stuck_calls(code)
+    return _exit(code, unfinished)
 
 
-def _exit_past_stuck_calls(code: int) -> int:
-    """After the drain, calls still running can't be interrupted; Python would wait for their threads
-    at exit (and systemd would SIGKILL us at TimeoutStopSec), so leave without them."""
+def _exit(code: int, unfinished: list[str]) -> int:
+    """Calls still running after the drain can't be interrupted; Python would wait for their threads
+    at exit (and systemd would SIGKILL us at TimeoutStopSec), so leave without them, naming them."""
     others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
     deadline = time.monotonic() + 1.0
-    for thread in others:  # idle pool threads exit within moments of the pool's shutdown
+    for thread in others:  # idle executor threads exit within moments of their pool's shutdown
         thread.join(max(0.0, deadline - time.monotonic()))
-    stuck = [t.name for t in others if t.is_alive()]
-    if not stuck:
+    if not unfinished and not any(t.is_alive() for t in others):
         return code
-    print(f"servd: exiting with {len(stuck)} call(s) still running past the drain: {', '.join(stuck)}", file=sys.stderr)
+    if unfinished:
+        print(f"servd: exiting with {len(unfinished)} call(s) still running past the drain: {'; '.join(unfinished)}",
+              file=sys.stderr)  # fmt: skip
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
 
 
-async def _serve(spec: Spec, overrides: dict[str, Any]) -> int:
-    from servd import gcpolicy
-    from servd.daemon import Daemon
+async def _serve(checked: Checked, overrides: dict[str, Any], unfinished: list[str]) -> int:
+    from servd import gcpolicy, service
 
-    daemon = Daemon(spec, server_overrides=overrides)
+    running = service.build(checked, server_overrides=overrides)
+    daemon = running.daemon
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -142,18 +145,29 @@ async def _serve(spec: Spec, overrides: dict[str, Any]) -> int:
         loop.add_signal_handler(signum, on_stop_signal, signum)
     loop.add_signal_handler(signal.SIGHUP, daemon.request_reload)
     try:
-        await daemon.start()
+        await service.start(running)
+    except OSError:
+        await running.stop()
+        raise
     except Exception as exc:  # noqa: BLE001 - report any failed model load and exit non-zero
         daemon.log.error("start failed", error=f"{type(exc).__name__}: {exc}")
-        await daemon.shutdown()
+        await running.stop()
         return 1
     gcpolicy.freeze_startup()
     watchdog = _start_watchdog()
     await stop.wait()
     if watchdog is not None:
         watchdog.stop()
-    await daemon.shutdown()
+    await running.stop()
+    unfinished += daemon.unfinished
+    await _shutdown_default_executor(loop)
     return 0
+
+
+async def _shutdown_default_executor(loop: asyncio.AbstractEventLoop) -> None:
+    """Model loads and close() calls ran on asyncio's default executor: let its idle threads go."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(loop.shutdown_default_executor(), 1.0)
 
 
 def _start_watchdog() -> PeriodicCallback | None:

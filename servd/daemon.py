@@ -1,33 +1,34 @@
-"""The daemon: owns the running Spec, the endpoints, the worker pool and the listener.
+"""The daemon: owns the running Spec, the endpoints and the worker pool; starts, reloads, drains.
 
 Loop thread only. Signals and the file watcher only schedule work here (add_callback /
-add_signal_handler); `start`, `reload` and `shutdown` do it, in a fixed order.
+add_signal_handler); `start`, `reload` and `shutdown` do it, in a fixed order. The web front
+(listener, application, handlers) is built and wired by the composition root (`servd.service`);
+the daemon knows it only as a `Front` it hands each new ServerSpec to and closes at shutdown.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import itertools
-import socket
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from tornado.ioloop import IOLoop
-from tornado.netutil import bind_sockets
 
 from servd import __version__, auth, devices, entrypoints, gcpolicy, hostcheck, logs, systemd
-from servd.app import HARD_FRAME_FACTOR, listener_settings, make_app
-from servd.check import load_checked
+from servd.check import Checked, load_checked
 from servd.endpoint import Endpoint
-from servd.entrypoints import Model
+from servd.entrypoints import Entrypoint, Model
 from servd.errors import ErrorCode, ServdError
-from servd.listener import Listener
 from servd.metrics import Metrics
 from servd.reload import Plan, plan
 from servd.request import Request
+from servd.schema import Problem
 from servd.spec import EndpointSpec, ServerSpec, Spec, SpecError
 from servd.watch import ConfigWatcher
 from servd.workers import LocalRunner, Runner
@@ -35,18 +36,33 @@ from servd.workers import LocalRunner, Runner
 CLOSE_TIMEOUT_S = 10.0
 
 
+class Front(Protocol):
+    """The web front as the daemon sees it: told of each new server spec, closed at shutdown."""
+
+    def apply(self, server: ServerSpec) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LoadFailed(Exception):
+    """A reload whose file is valid but whose new models could not be built; nothing was switched."""
+
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
 class Daemon:
     def __init__(
         self,
-        spec: Spec,
+        checked: Checked,
         *,
         runner: Runner | None = None,
         log_stream: TextIO | None = None,
-        server_overrides: dict[str, Any] | None = None,
+        server_overrides: Mapping[str, Any] | None = None,
     ) -> None:
-        self.server_overrides = server_overrides or {}  # from the command line; applied to every load
-        if self.server_overrides:
-            spec = dataclasses.replace(spec, server=dataclasses.replace(spec.server, **self.server_overrides))
+        self.server_overrides = dict(server_overrides or {})  # from the command line; applied to every load
+        spec = self._overridden(checked.spec)
         self.spec = spec
         self.loop = IOLoop.current()
         self.log_stream = log_stream
@@ -57,16 +73,17 @@ class Daemon:
         self.tokens = auth.read_tokens(spec.server.tokens_file)
         self.endpoints: dict[str, Endpoint] = {}
         self.retiring: list[Endpoint] = []  # removed by a reload, finishing what they admitted
-        self.connections: set[Any] = set()
+        self.connections: set[Any] = set()  # open websockets; the front closes them at shutdown
+        self.front: Front | None = None
         self.ready = False
         self.shutting_down = False
         self.generation = 1
         self.started_at = time.time()
         self.last_reload: dict[str, Any] | None = None
         self.restart_needed: list[str] = []
-        self.sockets: list[socket.socket] = []
-        self._server: Listener | None = None
-        self._app = make_app(self)
+        self.unfinished: list[str] = []  # after shutdown: what could not be waited for
+        self.torch_threads: int | None = None  # what torch_threads (or auto) resolved to
+        self._checked: Checked | None = checked
         self._http_ids = itertools.count(1)
         self._watcher: ConfigWatcher | None = None
         self._config_digest = _digest(spec.path)
@@ -74,53 +91,44 @@ class Daemon:
         self._reload_again = False
         self._background: set[asyncio.Future[None]] = set()
         self.metrics.generation.set(self.generation)
+        for endpoint_spec in spec.endpoints.values():
+            self._add_endpoint(endpoint_spec)
+
+    def _overridden(self, spec: Spec) -> Spec:
+        if not self.server_overrides:
+            return spec
+        return dataclasses.replace(spec, server=dataclasses.replace(spec.server, **self.server_overrides))
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def start(self, sockets: list[socket.socket] | None = None, *, watch: bool = True) -> None:
-        """Listen, load every endpoint's models (off the loop), then report ready.
+    async def start(self, *, watch: bool = True) -> None:
+        """Load every endpoint's models (off the loop), then report ready.
 
-        Requests that arrive while models load are queued, not refused.
+        The front is already listening: requests that arrive while models load are queued, not refused.
         """
-        for endpoint_spec in self.spec.endpoints.values():
-            self._add_endpoint(endpoint_spec)
-        server = self.spec.server
-        self._server = Listener(self._app, xheaders=False)
-        self._server.when_exhausted = self._out_of_descriptors
-        self._apply_listener_settings(server)
-        self.sockets = sockets or bind_sockets(server.port, server.host)
-        self._server.add_sockets(self.sockets)
-        self.log.info("listening", url=self.url, config=str(self.spec.path), version=__version__)
+        checked, self._checked = self._checked, None
+        assert checked is not None, "start() runs once"
         try:
             for endpoint in self.endpoints.values():
-                endpoint.serve_models(await self.load_models(endpoint.spec))
+                entry, placed = checked.entrypoints[endpoint.name], checked.devices[endpoint.name]
+                endpoint.serve_models(await self.load_models(endpoint.spec, entry, placed))
         except Exception:
             for endpoint in self.endpoints.values():
                 endpoint.end_all(ErrorCode.UNAVAILABLE, "the daemon failed to start")
             raise
-        self._apply_torch_threads()
+        self._apply_torch_threads(self.spec.server)
         self._check_host()
         if watch:
             self._watcher = ConfigWatcher(self.spec.path, self.loop, self._config_touched)
             self._watcher.start()
         self.ready = True
-        self.log.info("ready", endpoints=sorted(self.endpoints))
+        self.log.info("ready", endpoints=sorted(self.endpoints), version=__version__)
         systemd.ready(self.status_line())
 
-    @property
-    def port(self) -> int:
-        return int(self.sockets[0].getsockname()[1])
-
-    @property
-    def url(self) -> str:
-        host = self.sockets[0].getsockname()[0]
-        return f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
-
-    async def load_models(self, spec: EndpointSpec, *, fresh: bool = False) -> list[Model]:
+    async def load_models(self, spec: EndpointSpec, entry: Entrypoint, placed: tuple[str, ...]) -> list[Model]:
         """One model per device, built on a worker thread: constructors may load weights for minutes."""
-        entry = entrypoints.resolve(spec.entrypoint, self.spec.path.parent, fresh=fresh)
         models = []
-        for device in devices.resolve(spec.devices):
+        for device in placed:
             started = time.perf_counter()
             model = await self.loop.run_in_executor(None, entry.instantiate, device, spec.options)
             self.log.info(
@@ -149,33 +157,31 @@ class Daemon:
         self.endpoints[spec.name] = endpoint
         return endpoint
 
-    def _out_of_descriptors(self, exc: OSError) -> None:
-        self.log.warning(
-            "out of file descriptors: pausing accept", error=exc.strerror, connections=len(self.connections),
-            hint="raise LimitNOFILE (systemd) or lower server.max_connections",
-        )  # fmt: skip
-
     def _check_host(self) -> None:
-        _, warning = hostcheck.raise_open_files_limit(self.spec.server.max_connections)
-        if warning:
-            self.log.warning("open files limit", detail=warning)
+        self._raise_open_files_limit(self.spec.server)
         code_files = [entrypoints.module_file(e.entrypoint) for e in self.spec.endpoints.values()]
         code = [path for f in code_files if f is not None for path in (f, f.parent)]
         watched = [self.spec.path, self.spec.path.parent, *code]
         for warning in hostcheck.writable_by_others(watched):
             self.log.warning("insecure permissions", detail=warning)
 
-    def _apply_torch_threads(self) -> None:
+    def _raise_open_files_limit(self, server: ServerSpec) -> None:
+        _, warning = hostcheck.raise_open_files_limit(server.max_connections)
+        if warning:
+            self.log.warning("open files limit", detail=warning)
+
+    def _apply_torch_threads(self, server: ServerSpec) -> None:
         cpu_calls = sum(
             e.spec.concurrency
             for e in self.endpoints.values()
-            for i in e.instances
+            for i in e.instances.current
             if i.model.device == "cpu" and i.model.uses_torch
         )
-        threads = devices.torch_threads_for(cpu_calls, self.spec.server.torch_threads)
+        threads = devices.torch_threads_for(cpu_calls, server.torch_threads)
         if devices.loaded_torch() is not None:
             devices.apply_torch_threads(threads)
             self.log.info("torch threads", threads=threads, cpu_calls_at_once=cpu_calls)
+        self.torch_threads = threads
 
     async def shutdown(self) -> None:
         """Stop admitting, finish admitted work up to drain_timeout_s, end the rest, close models."""
@@ -198,20 +204,15 @@ class Daemon:
                 waiter.cancel()
         ended = sum(e.end_all(ErrorCode.UNAVAILABLE, "the daemon is shutting down") for e in everything)
         self.log.info("drained", ended_unavailable=ended)
-        await self._close_listener()
-        closing = [future for endpoint in everything for future in endpoint.close_models()]
+        if self.front is not None:
+            await self.front.close()
+        closing = {future: e.name for e in everything for future in e.close_models()}
         if closing:  # close() frees memory and files; give it a bounded time before exiting
-            await asyncio.wait(closing, timeout=CLOSE_TIMEOUT_S)
+            _, still_closing = await asyncio.wait(closing, timeout=CLOSE_TIMEOUT_S)
+            self.unfinished += [f"{closing[f]}: close()" for f in still_closing]
+        self.unfinished += [f"{e.name}: a call on {device}" for e in everything for device in e.running_devices()]
         self.runner.shutdown()
-        self.log.info("stopped")
-
-    async def _close_listener(self) -> None:
-        if self._server is not None:
-            self._server.stop()
-        for connection in list(self.connections):
-            connection.close(1001, "server shutting down")
-        if self._server is not None:
-            await self._server.close_all_connections()
+        self.log.info("stopped", unfinished=self.unfinished or None)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -228,6 +229,11 @@ class Daemon:
         if self.shutting_down:
             raise ServdError(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
         self.endpoint(name).submit(request)
+
+    def cancel(self, request: Request, message: str) -> None:
+        """End an admitted request with `cancelled` (the client asked, or went away); a no-op once it ended."""
+        if request.owner is not None and not request.done:
+            request.owner.cancel(request, message)
 
     def note_rejected(self, name: str | None, error: ServdError) -> None:
         """Count a refusal for /metrics, under the endpoint's name only if it is one we serve."""
@@ -257,56 +263,80 @@ class Daemon:
         self._reload_task = asyncio.ensure_future(self.reload())
 
     async def reload(self) -> None:
-        """Load and check the whole file, then apply it per endpoint; a bad file changes nothing."""
+        """Load and check the whole file, then apply it per endpoint; a bad file changes nothing.
+
+        Every pass ends recorded (applied, invalid or failed, with the error) and with READY=1,
+        whatever goes wrong inside it, a bug of servd's included.
+        """
         while True:
             self._reload_again = False
             systemd.reloading()
-            await self._reload_once()
-            systemd.ready(self.status_line())
+            started = time.perf_counter()
+            try:
+                await self._reload_once(started)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours: record it, keep serving
+                error = f"servd could not complete the reload: {type(exc).__name__}: {exc}"
+                self._record_reload("failed", started, error=error, exc_info=exc)
+            finally:
+                systemd.ready(self.status_line())
             if not self._reload_again or self.shutting_down:
                 return
 
-    async def _reload_once(self) -> None:
-        started = time.perf_counter()
+    async def _reload_once(self, started: float) -> None:
         digest = _digest(self.spec.path)
+        code_mtimes = self._code_mtimes()  # read here: endpoint state is the loop's
         try:
-            new, stale = await self.loop.run_in_executor(None, self._load_new_spec)
-            change = plan(self.spec, new, stale)
-            loaded = await self._load_changed_models(change, new)
-        except (SpecError, entrypoints.EntrypointError, devices.DeviceError, OSError, ValueError) as exc:
+            new, stale = await self.loop.run_in_executor(None, self._load_new, code_mtimes)
+        except SpecError as exc:
             self._config_digest = digest
-            self._record_reload("invalid" if isinstance(exc, SpecError) else "failed", started, error=str(exc))
+            self._record_reload("invalid", started, error=str(exc))
+            return
+        except OSError as exc:  # the tokens file
+            self._config_digest = digest
+            self._record_reload("failed", started, error=str(exc))
             return
         self._config_digest = digest
+        change = plan(self.spec, new.spec, stale)
+        try:
+            loaded = await self._load_changed_models(change, new)
+        except LoadFailed as exc:
+            self._record_reload("failed", started, error=str(exc))
+            return
         if self.shutting_down:  # a shutdown began while models loaded: don't switch, just release
             await self._close_models(loaded)
             return
-        self._apply(change, new, loaded)
-        self._record_reload("applied", started, changes=change.summary())
+        failures = self._apply(change, new.spec, loaded)
+        if failures:
+            self._record_reload("failed", started, changes=change.summary(), error="; ".join(failures))
+        else:
+            self._record_reload("applied", started, changes=change.summary())
 
-    def _load_new_spec(self) -> tuple[Spec, set[str]]:
-        """Worker thread: the new file, checked in full, and which entrypoints have new code on disk."""
-        stale = {
-            e.spec.entrypoint
+    def _code_mtimes(self) -> dict[str, float]:
+        """Each served entrypoint and the mtime of its module when its oldest live model was built."""
+        return {
+            e.spec.entrypoint: min(i.model.code_mtime for i in e.instances.current)
             for e in self.endpoints.values()
-            if any(entrypoints.changed_since(e.spec.entrypoint, i.model.code_mtime) for i in e.instances)
+            if e.instances.current
         }
-        new = load_checked(self.spec.path, fresh_imports=True)
-        if self.server_overrides:  # `servd run --host/--port` outlive reloads
-            new = dataclasses.replace(new, server=dataclasses.replace(new.server, **self.server_overrides))
-        auth.read_tokens(new.server.tokens_file)  # an unreadable tokens file fails the reload, not requests
-        return new, stale
 
-    async def _load_changed_models(self, change: Plan, new: Spec) -> dict[str, list[Model]]:
+    def _load_new(self, code_mtimes: Mapping[str, float]) -> tuple[Checked, set[str]]:
+        """Worker thread, plain values only: the new file checked in full, and which entrypoints
+        have new code on disk."""
+        stale = {ref for ref, mtime in code_mtimes.items() if entrypoints.changed_since(ref, mtime)}
+        checked = load_checked(self.spec.path, fresh_imports=True)
+        checked = dataclasses.replace(checked, spec=self._overridden(checked.spec))  # --host/--port outlive reloads
+        auth.read_tokens(checked.spec.server.tokens_file)  # an unreadable tokens file fails the reload, not requests
+        return checked, stale
+
+    async def _load_changed_models(self, change: Plan, new: Checked) -> dict[str, list[Model]]:
         """New models for added and remodeled endpoints, all loaded before anything is switched."""
         loaded: dict[str, list[Model]] = {}
         for spec in (*change.added, *change.remodeled):
             try:
-                loaded[spec.name] = await self.load_models(spec)
+                loaded[spec.name] = await self.load_models(spec, new.entrypoints[spec.name], new.devices[spec.name])
             except (entrypoints.EntrypointError, devices.DeviceError) as exc:
                 await self._close_models(loaded)
-                key = f"endpoints.{spec.name}.entrypoint"
-                raise entrypoints.EntrypointError(f"{new.where(key)}: {key}: {exc}") from exc
+                raise LoadFailed(new.spec.problem(f"endpoints.{spec.name}.entrypoint", str(exc))) from exc
         return loaded
 
     async def _close_models(self, loaded: dict[str, list[Model]]) -> None:
@@ -315,48 +345,81 @@ class Daemon:
                 if model.close is not None:
                     await self.loop.run_in_executor(None, model.close)
 
-    def _apply(self, change: Plan, new: Spec, loaded: dict[str, list[Model]]) -> None:
-        """The only place a reload writes running state; synchronous, so no request sees half of it."""
-        server = new.server
-        if "max_threads" in change.server_changed:
-            self.runner.resize(server.max_threads)
-        if "log" in change.server_changed:
-            logs.configure(server.log, self.log_stream)
-            self.log = logs.get_logger()
-            for endpoint in self.endpoints.values():
-                endpoint.log = self.log
-        if "tokens_file" in change.server_changed:
-            self.tokens = auth.read_tokens(server.tokens_file)
-        self._apply_listener_settings(server)
-        self.restart_needed = [f"server.{key}" for key in change.needs_restart]
-        if self.restart_needed:
-            server = dataclasses.replace(server, host=self.spec.server.host, port=self.spec.server.port)
-            self.log.warning("restart needed to apply", keys=self.restart_needed)
+    def _apply(self, change: Plan, new: Spec, loaded: dict[str, list[Model]]) -> list[str]:
+        """The only place a reload writes running state; synchronous, so no request sees half of it.
+
+        Each step is applied on its own: one that raises (a bug) is reported, the others still
+        apply, and the running spec keeps the old value of what failed, so the next reload tries
+        it again. Returns what failed.
+        """
+        failures: list[str] = []
+        server = self._apply_server(change, new.server, failures)
+        endpoints = dict(self.spec.endpoints)
         for name in change.removed:
-            self._retire(name)
-        for spec in change.retuned:
-            self.endpoints[spec.name].retune(spec)
-        for spec in change.remodeled:
-            endpoint = self.endpoints[spec.name]
-            endpoint.retune(spec)
-            endpoint.serve_models(loaded[spec.name])
-        for spec in change.added:
-            self._add_endpoint(spec).serve_models(loaded[spec.name])
-        self.spec = dataclasses.replace(new, server=server)
+            if self._step(f"remove endpoint {name!r}", functools.partial(self._retire, name), failures):
+                del endpoints[name]
+        steps: list[tuple[str, EndpointSpec, Callable[[], None]]] = []
+        steps += [(f"retune endpoint {s.name!r}", s, functools.partial(self._retune, s)) for s in change.retuned]
+        steps += [
+            (f"swap the model of {s.name!r}", s, functools.partial(self._remodel, s, loaded)) for s in change.remodeled
+        ]
+        steps += [(f"add endpoint {s.name!r}", s, functools.partial(self._add, s, loaded)) for s in change.added]
+        for what, spec, step in steps:
+            if self._step(what, step, failures):
+                endpoints[spec.name] = spec
+        self.spec = dataclasses.replace(new, server=server, endpoints=endpoints)
         self.generation += 1
         self.metrics.generation.set(self.generation)
-        self._apply_torch_threads()
+        self._step("set torch threads", functools.partial(self._apply_torch_threads, server), failures)
+        return failures
 
-    def _apply_listener_settings(self, server: ServerSpec) -> None:
-        """Frame and body caps, pings and idle timeouts, for connections opened from now on."""
-        if self._server is None:
-            return
-        self._app.settings.update(listener_settings(server))
-        params = self._server.conn_params
-        params.max_body_size = server.max_message_bytes * HARD_FRAME_FACTOR
-        # a connection that sends no complete request (silent, half-open, idle keep-alive) holds a
-        # descriptor max_connections doesn't count: close it as a websocket that stops answering pings
-        params.header_timeout = 2 * server.ping_interval_s
+    def _apply_server(self, change: Plan, new: ServerSpec, failures: list[str]) -> ServerSpec:
+        """Apply each changed server key through its applier; a key that failed keeps its old value."""
+        applied = new
+        for key in change.server_changed:
+            applier = SERVER_APPLIERS[key]
+            if applier is not None and not self._step(
+                f"apply server.{key}", functools.partial(applier, self, new), failures
+            ):
+                applied = dataclasses.replace(applied, **{key: getattr(self.spec.server, key)})
+        self.restart_needed = [f"server.{key}" for key in change.needs_restart]
+        if self.restart_needed:
+            applied = dataclasses.replace(applied, host=self.spec.server.host, port=self.spec.server.port)
+            self.log.warning("restart needed to apply", keys=self.restart_needed)
+        return applied
+
+    def _step(self, what: str, step: Callable[[], None], failures: list[str]) -> bool:
+        try:
+            step()
+        except Exception as exc:  # one broken step must not leave the rest undone
+            failures.append(f"{what}: {type(exc).__name__}: {exc}")
+            self.log.error("reload step failed", step=what, exc_info=exc)
+            return False
+        return True
+
+    def _retune(self, spec: EndpointSpec) -> None:
+        self.endpoints[spec.name].retune(spec)
+
+    def _remodel(self, spec: EndpointSpec, loaded: dict[str, list[Model]]) -> None:
+        endpoint = self.endpoints[spec.name]
+        endpoint.retune(spec)
+        endpoint.serve_models(loaded[spec.name])
+
+    def _add(self, spec: EndpointSpec, loaded: dict[str, list[Model]]) -> None:
+        self._add_endpoint(spec).serve_models(loaded[spec.name])
+
+    def _apply_log(self, server: ServerSpec) -> None:
+        logs.configure(server.log, self.log_stream)
+        self.log = logs.get_logger()
+        for endpoint in [*self.endpoints.values(), *self.retiring]:
+            endpoint.set_log(self.log)
+
+    def _apply_tokens(self, server: ServerSpec) -> None:
+        self.tokens = auth.read_tokens(server.tokens_file)
+
+    def _apply_listener(self, server: ServerSpec) -> None:
+        if self.front is not None:
+            self.front.apply(server)
 
     def _retire(self, name: str) -> None:
         endpoint = self.endpoints.pop(name)
@@ -379,7 +442,9 @@ class Daemon:
         del endpoint, closing
         gcpolicy.collect_removed()
 
-    def _record_reload(self, result: str, started: float, **details: Any) -> None:
+    def _record_reload(
+        self, result: str, started: float, *, exc_info: BaseException | None = None, **details: Any
+    ) -> None:
         took = round(time.perf_counter() - started, 4)
         self.last_reload = {
             "at": time.time(), "result": result, "took_s": took, "generation": self.generation, **details
@@ -388,11 +453,17 @@ class Daemon:
         if result == "applied":
             self.log.info("reload", result=result, generation=self.generation, took_s=took, **details)
         else:
-            self.log.error("reload", result=result, generation=self.generation, took_s=took, **details)
+            self.log.error(
+                "reload", result=result, generation=self.generation, took_s=took, exc_info=exc_info, **details
+            )
 
     # -- status ----------------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
+        server = dataclasses.asdict(self.spec.server) | {
+            "tokens_file": _str_or_none(self.spec.server.tokens_file),
+            "torch_threads": self.spec.server.torch_threads or "auto",
+        }
         return {
             "version": __version__,
             "config": str(self.spec.path),
@@ -402,14 +473,38 @@ class Daemon:
             "uptime_s": round(time.time() - self.started_at, 3),
             "last_reload": self.last_reload,
             "restart_needed": self.restart_needed,
+            "torch_threads_in_use": self.torch_threads,  # what server.torch_threads (or auto) resolved to
             "endpoints": sorted(self.endpoints),
-            "server": dataclasses.asdict(self.spec.server)
-            | {"tokens_file": _str_or_none(self.spec.server.tokens_file)},
+            "server": server,
         }
 
     def status_line(self) -> str:
         queued = sum(len(e.queue) for e in self.endpoints.values())
         return f"generation {self.generation}, {len(self.endpoints)} endpoints, {queued} queued"
+
+
+ServerApplier = Callable[[Daemon, ServerSpec], None]
+READ_LIVE = None  # read from daemon.spec where it is used (per request or per connection): nothing to do
+
+# How each server key reaches the running daemon when a reload changes it. Every ServerSpec field
+# has an entry (tests/test_layering.py checks), so a new setting can't be added without deciding.
+# host and port are restart-only: reload.plan reports them and nothing here applies them.
+SERVER_APPLIERS: dict[str, ServerApplier | None] = {
+    "max_threads": lambda daemon, server: daemon.runner.resize(server.max_threads),
+    "log": Daemon._apply_log,
+    "tokens_file": Daemon._apply_tokens,
+    "max_message_bytes": Daemon._apply_listener,
+    "ping_interval_s": Daemon._apply_listener,
+    "max_connections": Daemon._raise_open_files_limit,
+    "torch_threads": READ_LIVE,  # applied by _apply_torch_threads after every reload
+    "max_client_buffer_bytes": READ_LIVE,
+    "allowed_origins": READ_LIVE,
+    "allowed_hosts": READ_LIVE,
+    "max_depth": READ_LIVE,
+    "drain_timeout_s": READ_LIVE,
+    "host": READ_LIVE,
+    "port": READ_LIVE,
+}
 
 
 def _digest(path: Path) -> str | None:

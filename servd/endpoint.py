@@ -1,43 +1,44 @@
-"""A running endpoint: its spec, queue, model instances, dispatch and stats.
+"""A running endpoint: its queue, admission and dispatch, and the one door requests leave by.
 
 Loop thread only. Dispatch is event-driven: `_pump` runs when a request arrives, a batch ends,
 a slot opens or the batch-delay timer fires, and never otherwise. Every way a request can end
 (result, failure, cancel, timeout, drain) goes through `finish`, so the terminal-message count,
-the metrics and the request log line stay in step.
+the metrics and the request log line stay in step. Model instances live in `instances.py`,
+measurements in `stats.py`, and what /v1/endpoints shows in `snapshot.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import jsonschema
 from tornado.ioloop import IOLoop
 
 from servd import batching, protocol
 from servd.entrypoints import Model
 from servd.errors import ErrorCode, ServdError
+from servd.failures import clip, log_safely, safe_str
+from servd.instances import Instance, Instances
 from servd.metrics import EndpointSeries
 from servd.queue import RequestQueue
 from servd.request import Completed, Failed, Request, State, Terminal
 from servd.spec import EndpointSpec
-from servd.workers import BatchContractError, BatchResult, CancelledBeforeStart, Job, NotJSON, Outcome, Runner
+from servd.stats import Stats
+from servd.validation import InputCheck, InvalidInput
+from servd.workers import (
+    BatchContractError,
+    BatchResult,
+    CancelledBeforeStart,
+    Job,
+    NotEncodable,
+    NotJSON,
+    Outcome,
+    Runner,
+)
 
 ESTIMATION_INTERVAL_S = 0.25  # at most 4 estimation messages a second per request
-EWMA_WEIGHT = 0.2
-LATENCY_WINDOW = 1000
-
-
-@dataclass(eq=False)
-class Instance:
-    """One model on one device, with its own `concurrency` slots."""
-
-    model: Model
-    running: int = 0
-    retired: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -51,34 +52,6 @@ class Batch:
         return any(r.state is not State.DONE for r in self.requests)
 
 
-@dataclass
-class Stats:
-    """Moving average of batch time (for ETA) and a window of recent latencies (for p50/p99)."""
-
-    batch_time_s: float | None = None
-    completed: int = 0
-    failed: int = 0
-    waits: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-    runs: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-    totals: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
-
-    def record_batch(self, run_s: float) -> None:
-        previous = self.batch_time_s
-        self.batch_time_s = run_s if previous is None else previous + EWMA_WEIGHT * (run_s - previous)
-
-    def record_request(self, queue_s: float, run_s: float) -> None:
-        self.waits.append(queue_s)
-        self.runs.append(run_s)
-        self.totals.append(queue_s + run_s)
-
-
-def percentile(values: deque[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 class Endpoint:
     def __init__(self, spec: EndpointSpec, runner: Runner, metrics: EndpointSeries, log: Any, loop: IOLoop) -> None:
         self.spec = spec
@@ -87,7 +60,7 @@ class Endpoint:
         self.log = log
         self.loop = loop
         self.queue = RequestQueue(spec.queue)
-        self.instances: list[Instance] = []
+        self.instances = Instances(spec.name, loop, log)
         self.stats = Stats()
         self.accepting = True
         self.working_batch_size = spec.batch.max_size if spec.batch else 1
@@ -110,7 +83,7 @@ class Endpoint:
         self._admission_check(request)
         now = self.loop.time()
         request.admitted_at = now
-        request.endpoint = self
+        request.owner = self
         timeout = self.spec.queue.timeout_s
         if timeout is not None:
             request.deadline = now + timeout
@@ -124,11 +97,8 @@ class Endpoint:
     def _admission_check(self, request: Request) -> None:
         if not self.accepting:
             raise ServdError(ErrorCode.UNAVAILABLE, f"endpoint {self.name!r} is not accepting requests (draining)")
-        if self._validator is not None:
-            error = jsonschema.exceptions.best_match(self._validator.iter_errors(request.data))
-            if error is not None:
-                where = "data" + "".join(f"[{p!r}]" for p in error.absolute_path)
-                raise ServdError(ErrorCode.INVALID_INPUT, f"{where}: {error.message}")
+        if self._validator is not None:  # large data is checked on the worker instead (validation.py)
+            request.data = self._validator.admit(request.data, request.size)
         self.queue.check_room(request.client)
 
     def cancel(self, request: Request, message: str = "cancelled by the client") -> None:
@@ -173,7 +143,7 @@ class Endpoint:
         """Start batches while a slot is free and requests wait; arm one timer for a partial batch."""
         dispatched = False
         while self.queue:
-            instance = self._free_instance()
+            instance = self.instances.free(self.spec.concurrency)
             if instance is None:
                 break
             count = self._batch_count()
@@ -212,15 +182,6 @@ class Endpoint:
         self._wake = None
         self._pump()
 
-    def _free_instance(self) -> Instance | None:
-        """The least busy instance with a free slot (first listed wins a tie), or None."""
-        best: Instance | None = None
-        limit = self.spec.concurrency
-        for instance in self.instances:
-            if not instance.retired and instance.running < limit and (best is None or instance.running < best.running):
-                best = instance
-        return best
-
     def _launch(self, instance: Instance, requests: list[Request]) -> None:
         now = self.loop.time()
         for request in requests:
@@ -248,8 +209,6 @@ class Endpoint:
                 request.sink.send(request, protocol.partial(request.id, text))
 
     def _on_done(self, batch: Batch, result: BatchResult) -> None:
-        instance = batch.instance
-        instance.running -= 1
         self._batches.discard(batch)
         size = len(batch.requests)
         if not any(isinstance(o.error, CancelledBeforeStart) for o in result.outcomes):
@@ -262,26 +221,32 @@ class Endpoint:
                 self._end_with(request, outcome, result.run_s, size)
             except Exception as exc:  # noqa: BLE001 - a bug of ours fails this request, never the queue
                 self.finish(request, Failed(ErrorCode.ENDPOINT_FAILED, "servd could not report this result"))
-                _log_safely(self.log.error, "failed to end a request", endpoint=self.name, id=request.id, exc_info=exc)
-        if instance.retired and instance.running == 0:
-            self._close(instance)
+                log_safely(self.log.error, "failed to end a request", endpoint=self.name, id=request.id, exc_info=exc)
+        self.instances.call_ended(batch.instance)
         self._pump()
 
     def _end_with(self, request: Request, outcome: Outcome, run_s: float, size: int) -> None:
         if outcome.error is None:
             assert outcome.data_json is not None
             queue_s = request.started_at - request.admitted_at
+            if outcome.batch_size:  # the call that produced it (failure isolation makes smaller ones)
+                run_s, size = outcome.run_s, outcome.batch_size
             self.finish(request, Completed(outcome.data_json, queue_s, run_s, size))
+        elif isinstance(outcome.error, InvalidInput):
+            self.finish(request, Failed(ErrorCode.INVALID_INPUT, str(outcome.error)))
         elif request.state is not State.DONE:
             self.finish(request, Failed(ErrorCode.ENDPOINT_FAILED, self._describe_failure(request, outcome.error)))
 
     def _describe_failure(self, request: Request, exc: BaseException) -> str:
-        text = _safe_str(exc)
+        text = safe_str(exc)
         if isinstance(exc, (BatchContractError, NotJSON)):
-            _log_safely(self.log.error, "entrypoint broke its contract", endpoint=self.name, id=request.id, error=text)
+            log_safely(self.log.error, "entrypoint broke its contract", endpoint=self.name, id=request.id, error=text)
             return text
-        _log_safely(self.log.error, "entrypoint raised", endpoint=self.name, id=request.id, exc_info=exc)
-        return f"{self.spec.entrypoint} raised {type(exc).__name__}: {_clip(text)}"
+        if isinstance(exc, NotEncodable):  # servd's limit, not the entrypoint's fault
+            log_safely(self.log.error, "servd could not encode a result", endpoint=self.name, id=request.id, error=text)
+            return f"servd could not encode the result of {self.spec.entrypoint} as JSON: {text}"
+        log_safely(self.log.error, "entrypoint raised", endpoint=self.name, id=request.id, exc_info=exc)
+        return f"{self.spec.entrypoint} raised {type(exc).__name__}: {clip(text)}"
 
     def _lower_batch_size(self, failed_size: int) -> None:
         lowered = batching.lowered_batch_size(self.working_batch_size, failed_size)
@@ -302,8 +267,7 @@ class Endpoint:
             request.timer = None
         self.metrics.ended(terminal.outcome)
         if isinstance(terminal, Completed):
-            self.stats.completed += 1
-            self.stats.record_request(terminal.queue_s, terminal.run_s)
+            self.stats.record_completed(terminal.queue_s, terminal.run_s)
             self.metrics.queue_seconds.observe(terminal.queue_s)
             self.metrics.run_seconds.observe(terminal.run_s)
             self.log.info(
@@ -311,7 +275,7 @@ class Endpoint:
                 queue_s=round(terminal.queue_s, 6), run_s=round(terminal.run_s, 6), batch_size=terminal.batch_size,
             )  # fmt: skip
         else:
-            self.stats.failed += 1
+            self.stats.record_failed(terminal.outcome)
             self._log_failed(request, terminal)
         if self._idle_waiters and self.is_idle():
             for waiter in self._idle_waiters:
@@ -335,8 +299,7 @@ class Endpoint:
         """Seconds until each slot is free, ascending (0 for a free slot)."""
         expected = self.stats.batch_time_s or 0.0
         busy = [max(0.0, expected - (now - b.started_at)) for b in self._batches if not b.instance.retired]
-        live = sum(1 for i in self.instances if not i.retired)
-        free = max(0, live * self.spec.concurrency - len(busy))
+        free = max(0, self.instances.live() * self.spec.concurrency - len(busy))
         return [0.0] * free + sorted(busy)
 
     def eta_for_new(self) -> float | None:
@@ -367,28 +330,12 @@ class Endpoint:
 
     def serve_models(self, models: list[Model]) -> None:
         """Send new batches to `models`; running calls finish on the old ones, which then close."""
-        old = self.instances
-        self.instances = [Instance(model) for model in models]
-        for instance in old:
-            instance.retired = True
-            if instance.running == 0:
-                self._close(instance)
+        self.instances.serve(models)
         self._pump()
 
-    def _close(self, instance: Instance) -> asyncio.Future[Any] | None:
-        """Run the model's close() on a worker thread (it may free GPU memory slowly); once only."""
-        close = instance.model.close
-        if close is None:
-            return None
-        instance.model.close = None
-        future = self.loop.run_in_executor(None, close)
-        future.add_done_callback(functools.partial(self._closed, instance.model.device))
-        return future
-
-    def _closed(self, device: str, future: asyncio.Future[Any]) -> None:
-        exc = future.exception()
-        if exc is not None:
-            self.log.error("model close() raised", endpoint=self.name, device=device, exc_info=exc)
+    def set_log(self, log: Any) -> None:
+        """The logger after a reload changed server.log."""
+        self.log = self.instances.log = log
 
     def retune(self, spec: EndpointSpec) -> None:
         """Apply new limits in place; queued requests keep their place."""
@@ -428,81 +375,16 @@ class Endpoint:
 
     def close_models(self) -> list[asyncio.Future[Any]]:
         """Retire and close every instance; returns the close() calls still running."""
-        closing = []
-        for instance in self.instances:
-            instance.retired = True
-            future = self._close(instance)
-            if future is not None:
-                closing.append(future)
-        return closing
+        return self.instances.close_all()
 
-    def snapshot(self) -> dict[str, Any]:
-        """Effective config and live stats, as /v1/endpoints shows them."""
-        spec = self.spec
-        return {
-            "name": self.name,
-            "entrypoint": spec.entrypoint,
-            "devices": [i.model.device for i in self.instances if not i.retired],
-            "concurrency": spec.concurrency,
-            "queue": {
-                "max_size": spec.queue.max_size,
-                "timeout_s": spec.queue.timeout_s,
-                "max_per_client": spec.queue.max_per_client,
-            },
-            "batch": None
-            if spec.batch is None
-            else {"max_size": spec.batch.max_size, "max_delay_ms": spec.batch.max_delay_ms},
-            "api_open": spec.api_open,
-            "input_schema": None if spec.input_schema is None else dict(spec.input_schema),
-            "accepting": self.accepting,
-            "stats": self._live_stats(),
-        }
+    def calls_running(self) -> int:
+        """Calls running now, on current and retired models alike (requests ended or not)."""
+        return len(self._batches)
 
-    def _live_stats(self) -> dict[str, Any]:
-        stats = self.stats
-        return {
-            "queued": len(self.queue),
-            "running": self.running_count(),
-            "workers": len(self._batches),  # calls running, on current and retired models alike
-            "stuck": self.stuck_count(),
-            "workers_max": self.spec.concurrency * sum(1 for i in self.instances if not i.retired),
-            "batch_size": self.working_batch_size,
-            "eta_s": self.eta_for_new(),
-            "batch_time_s": stats.batch_time_s,
-            "completed": stats.completed,
-            "failed": stats.failed,
-            "latency_s": {"p50": percentile(stats.totals, 0.5), "p99": percentile(stats.totals, 0.99)},
-            "wait_s": {"p50": percentile(stats.waits, 0.5), "p99": percentile(stats.waits, 0.99)},
-            "run_s": {"p50": percentile(stats.runs, 0.5), "p99": percentile(stats.runs, 0.99)},
-        }
+    def running_devices(self) -> list[str]:
+        """The device of each call running now: what a shutdown that can't wait for them names."""
+        return [b.instance.model.device for b in self._batches]
 
 
-MAX_ERROR_CHARS = 500
-
-
-def _clip(text: str) -> str:
-    """Exception messages reach clients: keep them short (the full one is in the log)."""
-    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS] + "… (truncated; see the log)"
-
-
-def _safe_str(exc: BaseException) -> str:
-    """str(exc), even for an exception whose __str__ raises (user code can do anything)."""
-    try:
-        return str(exc)
-    except Exception:  # noqa: BLE001
-        return f"<{type(exc).__name__} whose message cannot be printed>"
-
-
-def _log_safely(emit: Any, event: str, **fields: Any) -> None:
-    """Log, and if rendering fails (an unprintable exception), log without the traceback."""
-    try:
-        emit(event, **fields)
-    except Exception:  # noqa: BLE001
-        exc = fields.pop("exc_info", None)
-        emit(event, **fields, exception_type=type(exc).__name__ if exc is not None else None)
-
-
-def _validator(spec: EndpointSpec) -> jsonschema.protocols.Validator | None:
-    if spec.input_schema is None:
-        return None
-    return jsonschema.Draft202012Validator(dict(spec.input_schema))
+def _validator(spec: EndpointSpec) -> InputCheck | None:
+    return None if spec.input_schema is None else InputCheck(spec.input_schema)

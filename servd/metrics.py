@@ -28,6 +28,8 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.utils import floatToGoString
 
+from servd.compat import labelled_children
+
 disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped upstream) *_created series help nobody
 
 WAIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -121,7 +123,7 @@ class Metrics:
                 with contextlib.suppress(KeyError):
                     metric.remove(name)
                 continue
-            for labels in [key for key in metric._metrics if key[0] == name]:
+            for labels in [key for key in labelled_children(metric) if key[0] == name]:
                 metric.remove(*labels)
 
     def note_rejected(self, endpoint: str, reason: str) -> None:

@@ -58,6 +58,13 @@ class Sink(Protocol):
         """The request's one terminal outcome."""
 
 
+class Owner(Protocol):
+    """The endpoint that admitted a request: the one place that can cancel it."""
+
+    def cancel(self, request: Request, message: str) -> None:
+        """End a queued or running request with `cancelled`."""
+
+
 @dataclass(slots=True, eq=False)
 class Request:
     """One client request from admission to its terminal message."""
@@ -67,13 +74,14 @@ class Request:
     data: Any
     sink: Sink
     progress: bool = True
+    size: int = 0  # characters the client sent for it; large data is checked off the loop (validation.py)
     admitted_at: float = 0.0
     deadline: float | None = None
     state: State = State.QUEUED
     started_at: float = 0.0
     last_rank: int = -1
     terminal: Terminal | None = None
-    endpoint: Any = field(default=None, repr=False)  # the Endpoint that admitted it
+    owner: Owner | None = field(default=None, repr=False)  # set on admission
     timer: Any = field(default=None, repr=False)  # loop handle of the timeout
 
     @property

@@ -21,6 +21,10 @@ import yaml
 Path_ = tuple[str | int, ...]
 
 SCHEMA_FILE = "servd.schema.json"
+# Beside a `pattern`, what a mismatch means and how to write it, so no one reads a regex. The
+# keyword is VS Code's (its JSON and YAML language servers show it too); servd puts the bad
+# value in front: "'foo' is not an entrypoint; write module:attribute (...)".
+PATTERN_MESSAGE = "patternErrorMessage"
 
 
 @dataclass(frozen=True)
@@ -211,7 +215,7 @@ def _problems(located: Located, error: jsonschema.ValidationError) -> list[Probl
         extra = [key for key in error.instance if key not in declared]
         return [located.problem((*path, key), _unknown_key(str(key), sorted(declared))) for key in extra]
     if "propertyNames" in error.absolute_schema_path and isinstance(error.instance, str):
-        return [located.problem((*path, error.instance), f"key {error.message}")]
+        return [located.problem((*path, error.instance), f"key {_message(error)}")]
     return [located.problem(path, _message(error))]
 
 
@@ -223,6 +227,8 @@ def _unknown_key(key: str, allowed: list[str]) -> str:
 
 
 def _message(error: jsonschema.ValidationError) -> str:
+    if error.validator == "pattern" and isinstance(error.schema.get(PATTERN_MESSAGE), str):
+        return f"{error.instance!r} is {error.schema[PATTERN_MESSAGE]}"
     if error.validator == "oneOf" and isinstance(error.instance, (str, int, float)):
         return f"{error.instance!r} is not valid here; see the schema's description of this key"
     return str(error.message)

@@ -18,7 +18,18 @@ import jsonschema
 
 from servd.schema import Located, Problem, SpecError, parse_yaml, validate, with_defaults
 
-__all__ = ["BatchSpec", "EndpointSpec", "LogSpec", "Problem", "QueueSpec", "ServerSpec", "Spec", "SpecError", "parse"]
+__all__ = [
+    "BatchSpec",
+    "EndpointSpec",
+    "Location",
+    "LogSpec",
+    "Problem",
+    "QueueSpec",
+    "ServerSpec",
+    "Spec",
+    "SpecError",
+    "parse",
+]
 
 
 @dataclass(frozen=True)
@@ -33,9 +44,11 @@ class ServerSpec:
     port: int = 8700
     max_threads: int = 40
     max_message_bytes: int = 16 * 1024 * 1024
+    max_depth: int = 128
     max_client_buffer_bytes: int = 64 * 1024 * 1024
     max_connections: int = 10000
     allowed_origins: tuple[str, ...] = ("*",)
+    allowed_hosts: tuple[str, ...] | None = None  # None = what `host` implies (webguard.default_hosts)
     tokens_file: Path | None = None
     drain_timeout_s: float = 30.0
     torch_threads: int | None = None  # None = auto
@@ -75,15 +88,34 @@ class EndpointSpec:
 
 
 @dataclass(frozen=True)
+class Location:
+    """Where a key stands in the config file; printed only when a message is written."""
+
+    file: str
+    line: int
+    col: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+    def problem(self, dotted_path: str, message: str) -> Problem:
+        return Problem(self.file, self.line, self.col, dotted_path, message)
+
+
+@dataclass(frozen=True)
 class Spec:
     path: Path
     server: ServerSpec
     endpoints: Mapping[str, EndpointSpec]
-    # "endpoints.x.entrypoint" -> "servd.yaml:12:5"; not part of equality, lines move freely.
-    locations: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # "endpoints.x.entrypoint" -> Location; not part of equality, lines move freely.
+    locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
-    def where(self, dotted_path: str) -> str:
-        return self.locations.get(dotted_path, f"{self.path.name}:1:1")
+    def where(self, dotted_path: str) -> Location:
+        return self.locations.get(dotted_path, Location(str(self.path), 1, 1))
+
+    def problem(self, dotted_path: str, message: str) -> Problem:
+        """A problem with the key at `dotted_path`, located in this spec's file."""
+        return self.where(dotted_path).problem(dotted_path, message)
 
 
 def parse(path: str | os.PathLike[str]) -> Spec:
@@ -139,9 +171,11 @@ def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
         port=server["port"],
         max_threads=server["max_threads"],
         max_message_bytes=server["max_message_bytes"],
+        max_depth=server["max_depth"],
         max_client_buffer_bytes=server["max_client_buffer_bytes"],
         max_connections=server["max_connections"],
         allowed_origins=tuple(server["allowed_origins"]),
+        allowed_hosts=None if server["allowed_hosts"] is None else tuple(server["allowed_hosts"]),
         tokens_file=(file.parent / tokens).resolve() if tokens else None,
         drain_timeout_s=float(server["drain_timeout_s"]),
         torch_threads=None if torch_threads == "auto" else torch_threads,
@@ -149,7 +183,9 @@ def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
         log=log,
     )
     endpoints = {name: _endpoint(name, ep) for name, ep in data["endpoints"].items()}
-    locations = {".".join(str(p) for p in path): f"{file}:{line}:{col}" for path, (line, col) in located.marks.items()}
+    locations = {
+        ".".join(str(p) for p in path): Location(str(file), line, col) for path, (line, col) in located.marks.items()
+    }
     return Spec(
         path=Path(os.path.abspath(file)),  # not resolve(): a symlink swapped later must still be followed
         server=server_spec,

@@ -3,8 +3,11 @@
 It reads GET /v1/status and GET /v1/endpoints with the standard library only (an operator runs
 it on the server, often in a hurry), and prints the daemon's state, its config generation and
 last reload, then one line per endpoint: queued, running, workers, batch size, p50/p99 of queue
-wait and of run time, and the ETA a new request would be given. Exit 0 when it got an answer,
-1 (with a one-line reason on stderr) when it couldn't.
+wait and of run time, the ETA a new request would be given, and how its requests ended:
+completed, failed (the entrypoint raised), timed out, cancelled by their client. Only the
+entrypoint's failures count as failed: a client that hangs up or a deadline that passes says
+nothing about the model. Exit 0 when it got an answer, 1 (with a one-line reason on stderr) when
+it couldn't.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import sys
 import time
 import urllib.error
@@ -35,6 +39,8 @@ def main(url: str | None, token: str | None, timeout: float = 10.0, out: TextIO 
     try:
         status = fetch(base, "/v1/status", token, timeout)
         endpoints = fetch(base, "/v1/endpoints", token, timeout)["endpoints"]
+        if not all(isinstance(e.get("stats", {}).get("outcomes"), dict) for e in endpoints):
+            endpoints = with_metrics_outcomes(endpoints, base, token, timeout)
     except Unreachable as exc:
         print(f"servd status: {exc}", file=sys.stderr)
         return 1
@@ -52,25 +58,55 @@ def normalise_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def with_metrics_outcomes(
+    endpoints: list[dict[str, Any]], base: str, token: str | None, timeout: float
+) -> list[dict[str, Any]]:
+    """Endpoints with `stats.outcomes` read from /metrics, for a daemon whose /v1/endpoints lacks them.
+
+    Without either, the outcome columns show — rather than a count that mixes cancels into failures.
+    """
+    try:
+        counts = outcomes_from_metrics(_get(base, "/metrics", token, timeout, "text/plain").decode("utf-8", "replace"))
+    except Unreachable:
+        return endpoints
+    return [e | {"stats": e.get("stats", {}) | {"outcomes": counts.get(e["name"], {})}} for e in endpoints]
+
+
+_REQUESTS_TOTAL = re.compile(r'^servd_requests_total\{endpoint="([^"]*)",outcome="([^"]*)"\} (\S+)$', re.M)
+
+
+def outcomes_from_metrics(text: str) -> dict[str, dict[str, int]]:
+    """`servd_requests_total` of the Prometheus text: endpoint -> outcome -> count."""
+    counts: dict[str, dict[str, int]] = {}
+    for name, outcome, value in _REQUESTS_TOTAL.findall(text):
+        counts.setdefault(name, {})[outcome] = int(float(value))
+    return counts
+
+
 def fetch(base: str, path: str, token: str | None, timeout: float) -> Any:
     """GET base+path as JSON, or raise Unreachable saying why not."""
-    headers = {"Accept": "application/json"}
+    body = _get(base, path, token, timeout, "application/json")
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise Unreachable(f"{base + path} did not answer with JSON; is servd listening there?") from None
+
+
+def _get(base: str, path: str, token: str | None, timeout: float, accept: str) -> bytes:
+    headers = {"Accept": accept}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     request = urllib.request.Request(base + path, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            body = response.read()
+            body: bytes = response.read()
     except urllib.error.HTTPError as exc:
         raise Unreachable(_http_problem(base + path, exc)) from None
     except urllib.error.URLError as exc:
         raise Unreachable(f"cannot reach servd at {base}: {exc.reason}") from None
     except (OSError, ValueError) as exc:  # timeouts, resets, a malformed URL
         raise Unreachable(f"cannot reach servd at {base}: {exc}") from None
-    try:
-        return json.loads(body)
-    except ValueError:
-        raise Unreachable(f"{base + path} did not answer with JSON; is servd listening there?") from None
+    return body
 
 
 def _http_problem(url: str, exc: urllib.error.HTTPError) -> str:
@@ -85,7 +121,13 @@ def _http_problem(url: str, exc: urllib.error.HTTPError) -> str:
 
 # -- rendering (pure) ------------------------------------------------------------------------
 
-COLUMNS = ("endpoint", "queued", "running", "workers", "batch", "wait p50/p99", "run p50/p99", "eta new", "done/failed")
+COLUMNS = (
+    "endpoint", "queued", "running", "workers", "batch", "wait p50/p99", "run p50/p99", "eta new",
+    "done", "failed", "timeout", "cancelled",
+)  # fmt: skip
+# The outcome columns after "done": each an error code of servd_requests_total. Other codes
+# (unavailable: ended by a drain or shutdown) are named under the table.
+OUTCOME_COLUMNS = ("endpoint_failed", "timeout", "cancelled")
 
 
 def render(base: str, status: dict[str, Any], endpoints: Sequence[dict[str, Any]], now: float | None = None) -> str:
@@ -116,6 +158,9 @@ def render(base: str, status: dict[str, Any], endpoints: Sequence[dict[str, Any]
     closed = [e["name"] for e in endpoints if not e.get("accepting", True)]
     if closed:
         lines.append(f"not accepting requests (draining): {', '.join(closed)}")
+    others = [text for e in endpoints if (text := other_outcomes(e))]
+    if others:
+        lines.append(f"other endings: {'; '.join(others)}")
     return "\n".join(lines)
 
 
@@ -137,8 +182,24 @@ def endpoint_row(endpoint: dict[str, Any]) -> list[str]:
         pair(stats.get("wait_s")),
         pair(stats.get("run_s")),
         eta(stats.get("eta_s")),
-        f"{stats.get('completed', 0)}/{stats.get('failed', 0)}",
+        str(stats.get("completed", 0)),
+        *outcome_cells(stats.get("outcomes")),
     ]
+
+
+def outcome_cells(outcomes: dict[str, int] | None) -> list[str]:
+    if outcomes is None:
+        return [NONE] * len(OUTCOME_COLUMNS)
+    return [str(outcomes.get(code, 0)) for code in OUTCOME_COLUMNS]
+
+
+def other_outcomes(endpoint: dict[str, Any]) -> str:
+    """ "words unavailable 3": the endpoint's ending codes that have no column, or ""."""
+    outcomes = endpoint.get("stats", {}).get("outcomes") or {}
+    rest = {code: n for code, n in outcomes.items() if code not in ("completed", *OUTCOME_COLUMNS) and n}
+    if not rest:
+        return ""
+    return f"{endpoint['name']} " + ", ".join(f"{code} {n}" for code, n in sorted(rest.items()))
 
 
 def pair(percentiles: dict[str, Any] | None) -> str:

@@ -23,6 +23,7 @@ from tornado.log import app_log
 from servd import protocol
 from servd.devices import is_oom, loaded_torch, sync_torch_threads
 from servd.entrypoints import Model
+from servd.validation import InvalidInput, Unchecked
 
 
 class BatchContractError(Exception):
@@ -31,10 +32,17 @@ class BatchContractError(Exception):
 
 @dataclass(slots=True)
 class Outcome:
-    """One input's result: JSON text, or the exception that ended it."""
+    """One input's result: JSON text, or the exception that ended it.
+
+    A result also says which call produced it: that call's length and duration. They differ from
+    the job's when failure isolation split it (a request that completes in a retried half of 2
+    ran in a call of 2, for that call's time).
+    """
 
     data_json: str | None = None
     error: BaseException | None = None
+    run_s: float = 0.0
+    batch_size: int = 0
 
 
 @dataclass(slots=True)
@@ -196,11 +204,48 @@ def execute(job: Job, emit: Callable[[int, list[str]], None]) -> BatchResult:
     oom_sizes: list[int] = []
     sync_torch_threads()
     with _inference_mode():
-        outcomes = _run_isolating(job, job.inputs, 0, emit, oom_sizes)
+        if any(type(value) is Unchecked for value in job.inputs):
+            outcomes = _check_then_run(job, emit, oom_sizes)
+        else:
+            outcomes = _run_isolating(job, job.inputs, 0, emit, oom_sizes)
     return BatchResult(outcomes, time.perf_counter() - started, oom_sizes)
 
 
 Emit = Callable[[int, list[str]], None]
+
+
+def _check_then_run(job: Job, emit: Emit, oom_sizes: list[int]) -> list[Outcome]:
+    """Check the inputs admitted unchecked (validation.py: too large to check on the loop), then
+    call the model with those that pass; the others end with InvalidInput, never seen by it."""
+    outcomes = [Outcome() for _ in job.inputs]
+    passed: list[Any] = []
+    positions: list[int] = []  # where each of `passed` stands in job.inputs
+    for position, value in enumerate(job.inputs):
+        if type(value) is Unchecked:
+            problem = value.check.problem(value.data)
+            if problem is not None:
+                outcomes[position] = Outcome(error=InvalidInput(problem))
+                continue
+            value = value.data
+        passed.append(value)
+        positions.append(position)
+    if passed:
+        ran = _run_isolating(job, passed, 0, _emit_at(emit, positions), oom_sizes)
+        for position, outcome in zip(positions, ran, strict=True):
+            outcomes[position] = outcome
+    return outcomes
+
+
+def _emit_at(emit: Emit, positions: list[int]) -> Emit:
+    """`emit` for a call on some of the job's inputs: partials go to the inputs' own positions."""
+    if len(positions) == positions[-1] + 1:  # all of them, in order
+        return emit
+
+    def emit_at(offset: int, texts: list[str]) -> None:
+        for index, text in enumerate(texts):
+            emit(positions[offset + index], [text])
+
+    return emit_at
 
 
 def _run_isolating(job: Job, inputs: list[Any], offset: int, emit: Emit, oom_sizes: list[int]) -> list[Outcome]:
@@ -245,10 +290,16 @@ def _attempt(job: Job, inputs: list[Any], offset: int, emit: Emit) -> list[Outco
         streamed = True
         emit(at, texts)
 
+    started = time.perf_counter()
     try:
-        return _call(job, inputs, offset, tracked_emit)
+        outcomes = _call(job, inputs, offset, tracked_emit)
     except Exception as exc:  # noqa: BLE001 - whatever user code raises is isolated and reported
         return [Outcome(error=exc) for _ in inputs] if streamed else exc
+    run_s, size = time.perf_counter() - started, len(inputs)
+    for outcome in outcomes:
+        outcome.run_s = run_s
+        outcome.batch_size = size
+    return outcomes
 
 
 def _same_error(a: BaseException, b: BaseException) -> bool:
@@ -320,10 +371,37 @@ def _encode(value: Any) -> Outcome:
         return Outcome(data_json=protocol.dumps(value))
     except (TypeError, ValueError) as exc:
         return Outcome(error=NotJSON(f"the entrypoint returned a value that is not JSON: {exc}"))
+    except RecursionError:
+        depth = _nesting(value)
+        deep = f"more than {MAX_NESTING_MEASURED}" if depth > MAX_NESTING_MEASURED else str(depth)
+        return Outcome(error=NotEncodable(f"it is nested {deep} levels deep, more than the JSON encoder can take"))
 
 
 class NotJSON(TypeError):
     """The entrypoint returned something json.dumps can't encode (a tensor, a set, NaN)."""
+
+
+class NotEncodable(Exception):
+    """A JSON value that servd's encoder could not write (nested deeper than it recurses): servd's
+    limit, not the entrypoint's fault, and said so to the client and in the log."""
+
+
+MAX_NESTING_MEASURED = 100_000
+
+
+def _nesting(value: Any) -> int:
+    """Levels of lists, tuples and dicts in `value`, counted without recursion (up to a cap)."""
+    level, depth = [value], 0
+    while level and depth <= MAX_NESTING_MEASURED:
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                below += item.values()
+            elif isinstance(item, (list, tuple)):
+                below += item
+        level = [item for item in below if isinstance(item, (dict, list, tuple))]
+        depth += 1
+    return depth
 
 
 @contextlib.contextmanager

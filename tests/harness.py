@@ -6,31 +6,87 @@
         done = await ws.terminal(1)
 
 `serve` writes the YAML next to the tests' working directory, loads it exactly as `servd run`
-does (`load_checked`), binds 127.0.0.1:0 and starts a `Daemon`. On exit it shuts the daemon
+does (`load_checked`, then `servd.service.build` and `start` on a socket bound to 127.0.0.1:0). On exit it shuts the daemon
 down and fails the test if the daemon logged an unexpected error.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import json
 import textwrap
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.netutil import bind_sockets
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from servd.check import load_checked
+from servd import service
 from servd.daemon import Daemon
+from servd.service import Service
 
 TERMINAL = ("completed", "error")
 WAIT_S = 20.0  # generous: tests must not depend on timing
+PROCESS_WAIT_S = 60.0  # for a real `servd run`, which starts a Python and imports torch first
+POLL_S = 0.02
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]] | Callable[[], T],
+    what: str,
+    *,
+    until: Callable[[T], object] = bool,
+    timeout: float = WAIT_S,
+    interval: float = POLL_S,
+) -> T:
+    """The first value of `probe()` (a function or a coroutine function) that satisfies `until`
+    (truthy, unless told), polled every `interval`. After `timeout` the test fails, naming `what`
+    it waited for and the last value it saw."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = probe()
+        if inspect.isawaitable(value):
+            value = await value
+        if until(value):  # type: ignore[arg-type]
+            return value  # type: ignore[return-value]
+        if loop.time() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {_shown(value)}")
+        await asyncio.sleep(interval)
+
+
+def eventually_sync(
+    probe: Callable[[], T],
+    what: str,
+    *,
+    until: Callable[[T], object] = bool,
+    timeout: float = PROCESS_WAIT_S,
+    interval: float = POLL_S,
+) -> T:
+    """`eventually` for tests without an event loop (those that drive a `servd run` process)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if until(value):
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {_shown(value)}")
+        time.sleep(interval)
+
+
+def _shown(value: object, limit: int = 2000) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
 @dataclass
@@ -114,18 +170,26 @@ class WsClient:
 
 @dataclass
 class Running:
-    daemon: Daemon
+    service: Service
     config_path: Path
     logs: io.StringIO
     clients: list[WsClient] = field(default_factory=list)
 
     @property
+    def daemon(self) -> Daemon:
+        return self.service.daemon
+
+    @property
+    def port(self) -> int:
+        return self.service.port
+
+    @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.daemon.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.daemon.port}"
+        return f"ws://127.0.0.1:{self.port}"
 
     async def ws(self, path: str = "/v1/ws", headers: dict[str, str] | None = None) -> WsClient:
         request = HTTPRequest(self.ws_url + path, headers=headers or {})
@@ -184,18 +248,19 @@ async def serve(
 ) -> AsyncIterator[Running]:
     """Start the daemon on the config text; shut it down (draining) afterwards."""
     path = write_config(directory, config)
-    spec = load_checked(path)
     logs = io.StringIO()
-    daemon = Daemon(spec, log_stream=logs)
-    running = Running(daemon, path, logs)
+    running = Running(service.build(load_checked(path), log_stream=logs), path, logs)
     sockets = bind_sockets(0, "127.0.0.1")
     try:
         if start:
-            await daemon.start(sockets)
+            await service.start(running.service, sockets)
         yield running
     finally:
         for client in running.clients:
             client.close()
-        await daemon.shutdown()
+        await running.service.stop()
+        if not running.service.front.sockets:  # never started: the front didn't take the sockets
+            for sock in sockets:
+                sock.close()
     if not expect_errors:
         assert running.errors_logged() == [], f"unexpected error logs: {running.errors_logged()}"

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.harness import TERMINAL, WAIT_S, Running, WsClient, serve
+from tests.harness import TERMINAL, Running, WsClient, eventually, serve
 from tests.test_ws import GATE
 
 CLIENTS = 50
@@ -104,12 +104,16 @@ async def run_client(d: Running, client: Client) -> None:
 
 
 async def until_idle(d: Running) -> None:
-    for _ in range(int(WAIT_S / 0.05)):
-        endpoints = (await d.http("GET", "/v1/endpoints")).json()["endpoints"]
-        if all(e["stats"]["queued"] == 0 and e["stats"]["running"] == 0 for e in endpoints):
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"endpoints still busy: {[e['stats'] for e in endpoints]}")
+    """Wait (bounded) until no endpoint has a request queued or running."""
+
+    async def every_stats() -> list[dict[str, Any]]:
+        return [e["stats"] for e in (await d.http("GET", "/v1/endpoints")).json()["endpoints"]]
+
+    await eventually(every_stats, "every endpoint to be idle", until=all_idle, interval=0.05)
+
+
+def all_idle(every_stats: list[dict[str, Any]]) -> bool:
+    return all(stats["queued"] == 0 and stats["running"] == 0 for stats in every_stats)
 
 
 def metric_sum(text: str, name: str) -> float:

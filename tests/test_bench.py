@@ -141,6 +141,44 @@ async def test_progress_line_goes_to_stderr(tmp_path, capsys):
     assert level["lost"] == 0 and level["completed"] > 0
 
 
+FAILING = """
+version: 1
+endpoints:
+  odd_fails:
+    entrypoint: examples.faults:fail_on_odd
+"""
+
+
+async def test_a_run_where_every_request_failed_exits_1_and_says_why(tmp_path):
+    """A model that raises on every input: the numbers, then exit 1 naming the errors (it exited 0: "foundations")."""
+    async with serve(tmp_path, FAILING, expect_errors=True) as d:
+        rc, out, err = await run_bench(
+            d.ws_url, "--endpoint", "odd_fails", "--data", "1", "--requests", "20", "--duration", "5",
+            "--warmup", "0", "--json",
+        )  # fmt: skip
+    level = one_level(out)
+    assert level["completed"] == 0 and level["errors"] == {"endpoint_failed": 20}
+    assert rc == 1
+    assert err.strip() == "servd bench: no request completed at 1 client: all 20 failed (endpoint_failed 20)"
+
+
+async def test_an_unknown_endpoint_over_http_exits_1_for_each_level(tmp_path):
+    """Every request refused (unknown_endpoint) at each level of a sweep: exit 1, one reason per level."""
+    async with serve(tmp_path, FAILING) as d:
+        rc, out, err = await run_bench(
+            d.url, "--transport", "http", "--endpoint", "no_such", "--clients", "1,2", "--requests", "10",
+            "--duration", "5", "--warmup", "0",
+        )  # fmt: skip
+    assert rc == 1
+    assert "unknown_endpoint" in out  # the table is still printed
+    reasons = err.strip().splitlines()
+    assert [line.split(": all")[0] for line in reasons] == [
+        "servd bench: no request completed at 1 client",
+        "servd bench: no request completed at 2 clients",
+    ]
+    assert all(line.endswith("failed (unknown_endpoint 10)") for line in reasons)
+
+
 class Silent(WebSocketHandler):
     """A server that accepts submits and never answers them."""
 
@@ -155,7 +193,7 @@ async def test_requests_without_an_answer_are_reported_lost(tmp_path):
     server.add_sockets(sockets)
     try:
         port = sockets[0].getsockname()[1]
-        rc, out, _ = await run_bench(
+        rc, out, err = await run_bench(
             f"ws://127.0.0.1:{port}", "--endpoint", "e", "--clients", "2", "--duration", "0.3", "--warmup", "0",
             "--drain", "0.5", "--json",
         )  # fmt: skip
@@ -165,6 +203,7 @@ async def test_requests_without_an_answer_are_reported_lost(tmp_path):
     assert rc == 1
     level = one_level(out)
     assert level["lost"] == 2 and level["completed"] == 0
+    assert "servd bench: 2 request(s) lost at 2 clients: no answer while the connection stayed open" in err
 
 
 def test_bad_arguments_exit_2_with_a_message(capsys):

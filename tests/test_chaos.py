@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.harness import Running, WsClient, serve
+from tests.harness import Running, WsClient, eventually, serve
 from tests.test_fuzz import Ledger, idle
 
 CHAOS_S = 6.0
@@ -178,11 +178,11 @@ def hung_up_count(connections: list[Connection]) -> int:
 async def until_reloads_settle(d: Running) -> None:
     """Write one last, recognisable config (max_threads: 13) and wait (bounded) until it is served."""
     save(d, config_text(random.Random(1)).replace("max_threads: 12", "max_threads: 13"))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while (await d.http("GET", "/v1/status")).json()["server"]["max_threads"] != 13:
-        assert loop.time() < deadline, "the last config write was never reloaded"
-        await asyncio.sleep(0.02)
+
+    async def max_threads() -> int:
+        return int((await d.http("GET", "/v1/status")).json()["server"]["max_threads"])
+
+    await eventually(max_threads, "the last config write (max_threads: 13) to be served", until=lambda n: n == 13)
 
 
 # -- what the soak found ---------------------------------------------------------------------
@@ -197,15 +197,18 @@ async def test_reloading_the_config_many_times_keeps_no_memory(tmp_path):
     async with serve(tmp_path, config_text(random.Random(0))) as d:
         rng = random.Random(3)
 
+        async def served_generation() -> int:
+            return int((await d.http("GET", "/v1/status")).json()["generation"])
+
+        async def reload_once() -> None:
+            before = d.daemon.generation
+            save(d, config_text(rng))
+            d.daemon.request_reload()
+            await eventually(served_generation, "the reload", until=lambda now: now != before, interval=0.005)
+
         async def reload_times(count: int) -> None:
             for _ in range(count):
-                generation = d.daemon.generation
-                save(d, config_text(rng))
-                d.daemon.request_reload()
-                deadline = asyncio.get_running_loop().time() + 20
-                while (await d.http("GET", "/v1/status")).json()["generation"] == generation:
-                    assert asyncio.get_running_loop().time() < deadline, "the reload never happened"
-                    await asyncio.sleep(0.005)
+                await reload_once()
 
         await reload_times(20)
         gc.collect()

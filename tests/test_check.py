@@ -65,7 +65,7 @@ def only_problem(path: Path) -> Any:
 def test_a_function_next_to_the_yaml_passes(tmp_path):
     """A module beside servd.yaml imports from there, wherever the process was started."""
     name = module(tmp_path, "def double(x):\n    return 2 * x\n")
-    spec = load_checked(one_endpoint(tmp_path, f"{name}:double"))
+    spec = load_checked(one_endpoint(tmp_path, f"{name}:double")).spec
     assert list(spec.endpoints) == ["e"]
 
 
@@ -87,12 +87,12 @@ def test_a_class_and_a_generator_pass(tmp_path):
         """,
     )
     text = f"version: 1\nendpoints:\n  m:\n    entrypoint: {name}:Model\n  s:\n    entrypoint: {name}:stream\n"
-    assert list(load_checked(write(tmp_path, text)).endpoints) == ["m", "s"]
+    assert list(load_checked(write(tmp_path, text)).spec.endpoints) == ["m", "s"]
 
 
 def test_the_repository_servd_yaml_passes():
     """The shipped config checks clean: examples import, devices exist."""
-    spec = load_checked(Path(__file__).resolve().parent.parent / "servd.yaml")
+    spec = load_checked(Path(__file__).resolve().parent.parent / "servd.yaml").spec
     assert set(spec.endpoints) == {"echo", "classify", "words"}
 
 
@@ -182,7 +182,7 @@ def test_auto_and_cpu_devices_pass_on_any_machine(tmp_path):
     """auto falls back to cpu; cpu always exists."""
     name = module(tmp_path, "def predict(x):\n    return x\n")
     path = one_endpoint(tmp_path, f"{name}:predict", "    device: [auto, cpu]")
-    assert load_checked(path).endpoints["e"].devices == ("auto", "cpu")
+    assert load_checked(path).spec.endpoints["e"].devices == ("auto", "cpu")
 
 
 def test_all_problems_are_reported_together(tmp_path):
@@ -215,10 +215,32 @@ def test_all_problems_are_reported_together(tmp_path):
     ]
 
 
-def test_file_problems_come_before_any_import(tmp_path):
-    """A file that fails its schema is refused as is: its entrypoints are not imported."""
-    name = module(tmp_path, "import pathlib\npathlib.Path(__file__).with_suffix('.imported').touch()\n")
-    path = one_endpoint(tmp_path, f"{name}:fn", "    concurrency: 0")
-    problem = only_problem(path)
-    assert problem.path == "endpoints.e.concurrency"
-    assert not (tmp_path / f"{name}.imported").exists()
+def test_a_schema_error_does_not_hide_a_broken_entrypoint_in_the_same_endpoint(tmp_path):
+    """One pass, like a compiler: the schema error and the import error are both reported, in file order (#11)."""
+    name = module(tmp_path, "def fn(x):\n    return x\n")
+    path = one_endpoint(tmp_path, f"{name}:missing", "    concurrency: 0")
+    assert [(p.line, p.path) for p in problems_of(path)] == [
+        (4, "endpoints.e.entrypoint"),
+        (5, "endpoints.e.concurrency"),
+    ]
+
+
+def test_a_schema_error_does_not_hide_a_broken_entrypoint_elsewhere(tmp_path):
+    """A schema error in one endpoint, an unimportable module and a missing device in others: all three (#11)."""
+    text = (
+        "version: 1\nendpoints:\n"
+        "  bad_limit:\n    entrypoint: examples.echo:echo\n    queue: {max_size: -1}\n"
+        "  bad_module:\n    entrypoint: no_such_module_here:fn\n"
+        "  bad_device:\n    entrypoint: examples.echo:echo\n    device: cuda:7\n"
+    )
+    assert [p.path for p in problems_of(write(tmp_path, text))] == [
+        "endpoints.bad_limit.queue.max_size",
+        "endpoints.bad_module.entrypoint",
+        "endpoints.bad_device.device",
+    ]
+
+
+def test_a_malformed_entrypoint_is_reported_once(tmp_path):
+    """An entrypoint the schema already refused (not module:attribute) is not also imported."""
+    path = one_endpoint(tmp_path, "not an entrypoint")
+    assert [p.path for p in problems_of(path)] == ["endpoints.e.entrypoint"]

@@ -1,40 +1,22 @@
 """The `servd` command as an operator runs it: a real process, its exit codes, output and signals.
 
-`servd run` is started in its own process group on a port picked here, and the group is always
-killed at the end, whatever the test did. Readiness is /readyz answering 200; nothing waits a
-fixed time.
+`servd run` is started by tests/procs.py: in its own process group, on a port it picks itself
+(`--port 0`, read back from its "listening" log event), and the group is always killed at the end,
+whatever the test did. Readiness is /readyz answering 200; nothing waits a fixed time.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import servd
-
-REPO = Path(__file__).resolve().parent.parent
-WAIT_S = 60.0  # generous: the machine is shared and slow; no test depends on speed
-
-
-def env() -> dict[str, str]:
-    """The test's environment, with the repository importable and no systemd to talk to."""
-    out = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")}
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
-    return out
+from tests.harness import eventually_sync
+from tests.procs import REPO, WAIT_S, Reply, env, http, kill_group, running, start
 
 
 def servd_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
@@ -47,124 +29,6 @@ def servd_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
         timeout=WAIT_S,
         check=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = WAIT_S) -> Any:
-    """Poll `condition` until it returns something truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
-
-@dataclass
-class Reply:
-    status: int
-    body: Any
-
-
-def http(port: int, method: str, path: str, body: Any = None, timeout: float = WAIT_S) -> Reply:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            raw = response.read()
-            status = response.status
-    except urllib.error.HTTPError as exc:
-        raw, status = exc.read(), exc.code
-    try:
-        return Reply(status, json.loads(raw))
-    except ValueError:
-        return Reply(status, raw.decode(errors="replace"))
-
-
-@dataclass
-class Running:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    def log_events(self) -> list[dict[str, Any]]:
-        """The daemon's JSON log lines (its stderr is not a TTY, so logs are JSON)."""
-        events = []
-        for line in self.log.read_text("utf-8", errors="replace").splitlines():
-            with suppress(ValueError):
-                events.append(json.loads(line))
-        return events
-
-    def stats(self, endpoint: str) -> dict[str, Any]:
-        listing = http(self.port, "GET", "/v1/endpoints").body["endpoints"]
-        return next(e["stats"] for e in listing if e["name"] == endpoint)
-
-    def in_background(self, path: str, body: Any) -> Callable[[], Reply | BaseException]:
-        """POST in a thread; the returned function joins it and gives its reply (or exception)."""
-        box: list[Reply | BaseException] = []
-
-        def post() -> None:
-            try:
-                box.append(http(self.port, "POST", path, body))
-            except BaseException as exc:  # noqa: BLE001 - handed to the test to assert on
-                box.append(exc)
-
-        thread = threading.Thread(target=post, daemon=True)
-        thread.start()
-
-        def result() -> Reply | BaseException:
-            thread.join(WAIT_S)
-            assert box, "the background request never returned"
-            return box[0]
-
-        return result
-
-
-def start(tmp_path: Path, config: str, port: int) -> subprocess.Popen[bytes]:
-    (tmp_path / "servd.yaml").write_text(config, "utf-8")
-    log = (tmp_path / "servd.log").open("wb")
-    with log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "servd", "run", "servd.yaml", "--port", str(port)],
-            cwd=tmp_path,
-            env=env(),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with suppress(subprocess.TimeoutExpired):
-        proc.wait(WAIT_S)
-
-
-@contextmanager
-def running(tmp_path: Path, config: str) -> Iterator[Running]:
-    """`servd run` on a free port, ready (/readyz 200) before the body runs; killed afterwards."""
-    port = free_port()
-    proc = start(tmp_path, config, port)
-    daemon = Running(proc, port, tmp_path / "servd.log")
-    try:
-
-        def ready() -> bool:
-            assert proc.poll() is None, f"servd exited with {proc.returncode}:\n{daemon.log.read_text()}"
-            with suppress(OSError):
-                return http(port, "GET", "/readyz", timeout=5).status == 200
-            return False
-
-        wait_for(ready, "/readyz to answer 200")
-        yield daemon
-    finally:
-        kill_group(proc)
 
 
 SERVE = """\
@@ -273,7 +137,7 @@ def test_sigterm_drains_a_running_request_then_exits_0(tmp_path):
     """A request running when SIGTERM arrives still completes for its client; then exit 0."""
     with running(tmp_path, SERVE) as daemon:
         result = daemon.in_background("/v1/endpoints/sleep", {"data": {"s": 1}})
-        wait_for(lambda: daemon.stats("sleep")["running"] == 1, "the sleep request to be running")
+        eventually_sync(lambda: daemon.stats("sleep")["running"] == 1, "the sleep request to be running")
         daemon.proc.send_signal(signal.SIGTERM)
         reply = result()
         assert isinstance(reply, Reply), reply
@@ -287,7 +151,7 @@ def test_sigint_once_also_drains_and_exits_0(tmp_path):
     """Ctrl-C is a graceful stop like SIGTERM."""
     with running(tmp_path, SERVE) as daemon:
         result = daemon.in_background("/v1/endpoints/sleep", {"data": {"s": 0.5}})
-        wait_for(lambda: daemon.stats("sleep")["running"] == 1, "the sleep request to be running")
+        eventually_sync(lambda: daemon.stats("sleep")["running"] == 1, "the sleep request to be running")
         daemon.proc.send_signal(signal.SIGINT)
         reply = result()
         assert isinstance(reply, Reply), reply
@@ -299,18 +163,18 @@ def test_a_second_sigint_exits_at_once_without_draining(tmp_path):
     """While a long request drains, a second Ctrl-C ends the process right away, non-zero."""
     with running(tmp_path, SERVE) as daemon:
         result = daemon.in_background("/v1/endpoints/sleep", {"data": {"s": 300}})
-        wait_for(lambda: daemon.stats("sleep")["running"] == 1, "the sleep request to be running")
+        eventually_sync(lambda: daemon.stats("sleep")["running"] == 1, "the sleep request to be running")
         daemon.proc.send_signal(signal.SIGINT)
-        wait_for(lambda: http(daemon.port, "GET", "/v1/status").body["shutting_down"], "shutting_down")
+        eventually_sync(lambda: http(daemon.port, "GET", "/v1/status").body["shutting_down"], "shutting_down")
         daemon.proc.send_signal(signal.SIGINT)
         assert daemon.proc.wait(10) != 0  # far sooner than the 300 s request or the 60 s drain
         assert not isinstance(result(), Reply)  # the client saw its connection drop, not a result
 
 
 def test_run_of_an_invalid_file_exits_1_without_listening(tmp_path):
-    """A bad file is refused before anything listens: the errors go to stderr, the port stays closed."""
-    port = free_port()
-    proc = start(tmp_path, BAD, port)
+    """A bad file is refused before anything listens: the errors go to stderr, and no "listening"
+    event (the daemon logs one as soon as it has bound its port) nor a failed bind is reported."""
+    proc = start(tmp_path, BAD)
     try:
         assert proc.wait(WAIT_S) == 1
     finally:
@@ -319,16 +183,13 @@ def test_run_of_an_invalid_file_exits_1_without_listening(tmp_path):
     assert "servd.yaml:8:7: endpoints.echo.batch.max_size: -1 is less than the minimum of 1" in output
     assert "servd: 3 problems found" in output
     assert "listening" not in output
-    with socket.socket() as sock, suppress(ConnectionRefusedError):
-        sock.connect(("127.0.0.1", port))
-        raise AssertionError(f"something listens on {port}")
+    assert "cannot start" not in output
 
 
 def test_run_exits_1_when_a_model_fails_to_load(tmp_path):
     """A class entrypoint whose constructor raises stops the start with exit 1 and a logged reason."""
     config = "version: 1\nendpoints:\n  broken:\n    entrypoint: examples.faults:FailsToLoad\n"
-    port = free_port()
-    proc = start(tmp_path, config, port)
+    proc = start(tmp_path, config)
     try:
         assert proc.wait(WAIT_S) == 1
     finally:

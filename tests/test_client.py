@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from servd.client import (
 )
 from servd.client.errors import BY_CODE, error_from_wire
 from servd.errors import ErrorCode
-from tests.harness import WAIT_S, Running, serve
+from tests.harness import WAIT_S, Running, eventually, serve
 
 CONFIG = """
 version: 1
@@ -71,15 +70,6 @@ endpoints:
 
 TRANSPORTS = pytest.mark.parametrize("transport", ["ws", "http"])
 BLOCK_S = 1.0  # how long a blocking request holds an endpoint's only slot
-
-
-async def until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    """Wait for an observable condition (polling), failing the test after `timeout`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.01)
 
 
 def outcomes(d: Running, endpoint: str) -> list[str]:
@@ -121,11 +111,11 @@ async def test_job_status_shows_queued_with_rank_then_running(tmp_path, transpor
     """A job behind a running one is queued at rank 0 of 1, then running, then done."""
     async with serve(tmp_path, CONFIG) as d, AsyncClient(d.ws_url, transport=transport) as client:
         blocker = await client.submit("sleep", BLOCK_S)
-        await until(lambda: blocker.status().state == "running")
+        await eventually(lambda: blocker.status().state, "the blocker to run", until=lambda s: s == "running")
         job = await client.submit("sleep", 0)
         status = job.status()
         assert (status.state, status.rank, status.queue_size) == ("queued", 0, 1)
-        await until(lambda: job.status().state in ("running", "done"))
+        await eventually(lambda: job.status().state, "the job to start", until=lambda s: s in ("running", "done"))
         assert await job.result(timeout=WAIT_S) == 0
         assert await blocker.result(timeout=WAIT_S) == BLOCK_S
 
@@ -156,14 +146,18 @@ async def test_cancel_ends_a_queued_job_with_cancelled(tmp_path, transport):
     """cancel() on a queued job ends it with Cancelled; it never runs, and the server says so."""
     async with serve(tmp_path, CONFIG) as d, AsyncClient(d.ws_url, transport=transport) as client:
         blocker = await client.submit("sleep", BLOCK_S)
-        await until(lambda: blocker.status().state == "running")
+        await eventually(lambda: blocker.status().state, "the blocker to run", until=lambda s: s == "running")
         job = await client.submit("sleep", 0)
         await job.cancel()
         with pytest.raises(Cancelled):
             await job.result(timeout=WAIT_S)
         assert job.status().outcome == "cancelled"
         await blocker.result(timeout=WAIT_S)
-        await until(lambda: sorted(outcomes(d, "sleep")) == ["cancelled", "completed"])
+        await eventually(
+            lambda: sorted(outcomes(d, "sleep")),
+            "both outcomes logged",
+            until=lambda o: o == ["cancelled", "completed"],
+        )
 
 
 async def test_predict_timeout_cancels_the_request_on_the_server(tmp_path):
@@ -173,7 +167,7 @@ async def test_predict_timeout_cancels_the_request_on_the_server(tmp_path):
             await client.predict("sleep", BLOCK_S, timeout=0.1)
         assert isinstance(caught.value, TimeoutError)
         assert "client-side" in caught.value.message
-        await until(lambda: outcomes(d, "sleep") == ["cancelled"])
+        await eventually(lambda: outcomes(d, "sleep"), "the cancel logged", until=lambda o: o == ["cancelled"])
 
 
 async def test_job_result_timeout_leaves_the_job_running(tmp_path):
@@ -227,7 +221,7 @@ async def test_queue_full(tmp_path, transport):
     """Past queue.max_size a call raises QueueFull (over HTTP with the Retry-After hint)."""
     async with serve(tmp_path, CONFIG) as d, AsyncClient(d.ws_url, transport=transport) as client:
         running = await client.submit("one_slot", BLOCK_S)
-        await until(lambda: running.status().state == "running")
+        await eventually(lambda: running.status().state, "the first call to run", until=lambda s: s == "running")
         waiting = await client.submit("one_slot", 0)
         with pytest.raises(QueueFull, match="max_size") as caught:
             await client.predict("one_slot", 0)
@@ -270,7 +264,7 @@ async def test_client_limit(tmp_path, transport):
     """A second waiting request past queue.max_per_client raises ClientLimit."""
     async with serve(tmp_path, CONFIG) as d, AsyncClient(d.ws_url, transport=transport) as client:
         running = await client.submit("one_each", BLOCK_S)
-        await until(lambda: running.status().state == "running")
+        await eventually(lambda: running.status().state, "the first call to run", until=lambda s: s == "running")
         waiting = await client.submit("one_each", 0)
         with pytest.raises(ClientLimit):
             await client.predict("one_each", 0)
@@ -307,7 +301,7 @@ async def test_shutdown_ends_running_jobs_with_unavailable(tmp_path):
     config = CONFIG.replace("max_message_bytes: 1024", "max_message_bytes: 1024\n  drain_timeout_s: 0")
     async with serve(tmp_path, config) as d, AsyncClient(d.ws_url) as client:
         job = await client.submit("sleep", BLOCK_S)
-        await until(lambda: job.status().state == "running")
+        await eventually(lambda: job.status().state, "the job to run", until=lambda s: s == "running")
         await d.daemon.shutdown()
         with pytest.raises(Unavailable, match="shutting down"):
             await job.result(timeout=WAIT_S)

@@ -3,7 +3,6 @@ and torch's CPU thread budget as the worker threads that run the calls see it.""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from examples.probes import GatedCounter, RecordsInit
-from tests.harness import WAIT_S, Running, WsClient, serve, write_config
+from tests.harness import Running, WsClient, eventually, serve, write_config
 
 
 @pytest.fixture
@@ -170,15 +169,12 @@ async def test_torch_threads_changed_by_reload_reach_threads_that_already_ran_ca
 
 async def wait_generation(d: Running, generation: int) -> None:
     """Wait (bounded) until /v1/status reports `generation` with the last reload applied."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while loop.time() < deadline:
-        status = (await d.http("GET", "/v1/status")).json()
-        if status["generation"] >= generation:
-            assert status["last_reload"]["result"] == "applied", status["last_reload"]
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"generation {generation} never came; status: {status}")
+
+    async def status() -> dict[str, Any]:
+        return dict((await d.http("GET", "/v1/status")).json())
+
+    reached = await eventually(status, f"generation {generation}", until=lambda s: s["generation"] >= generation)
+    assert reached["last_reload"]["result"] == "applied", reached["last_reload"]
 
 
 def test_torch_threads_rule():

@@ -3,25 +3,12 @@ batched generators, and torch models (inference mode, a real trained classifier)
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-
 import pytest
 
 from examples.faults import Counter
 from examples.probes import RecordsInit, RecordsInitWithoutDevice
 from servd.entrypoints import EntrypointError
-from tests.harness import WAIT_S, serve
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Wait (bounded) for something a test can only observe in-process."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_S
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+from tests.harness import eventually, serve
 
 
 async def test_class_is_instantiated_once_per_device_with_device_and_options(tmp_path):
@@ -68,7 +55,7 @@ async def test_instances_are_closed_when_the_daemon_shuts_down(tmp_path):
     async with serve(tmp_path, config) as d:
         assert (await d.post("counter", "x")).json()["data"]["count"] == 1
         assert Counter.closed == []
-    await until(lambda: len(Counter.closed) >= 2, "both instances to be closed")
+    await eventually(lambda: len(Counter.closed) >= 2, "both instances to be closed")
     assert Counter.closed == ["cpu", "cpu"]
 
 

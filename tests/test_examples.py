@@ -15,8 +15,8 @@ SERVD_CONFIGS = [p for p in CONFIGS if "endpoints:" in p.read_text()]
 
 @pytest.mark.parametrize("path", SERVD_CONFIGS, ids=lambda p: p.name)
 def test_shipped_config_passes_servd_check(path):
-    spec = load_checked(path)
-    assert spec.endpoints
+    checked = load_checked(path)
+    assert checked.spec.endpoints
 
 
 async def test_instances_example_serves_on_two_cpu_instances(tmp_path):

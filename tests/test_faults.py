@@ -16,8 +16,8 @@ import pytest
 
 from examples.faults import Counter
 from servd.entrypoints import EntrypointError
-from tests.harness import WAIT_S, Running, WsClient, serve
-from tests.test_cli import free_port, http, kill_group, running, start
+from tests.harness import WAIT_S, Running, WsClient, eventually, serve
+from tests.procs import http, kill_group, running, start
 
 
 class HangOn:
@@ -67,14 +67,6 @@ async def stats(d: Running, endpoint: str) -> dict[str, Any]:
     reply = await d.http("GET", f"/v1/endpoints/{endpoint}")
     assert reply.status == 200
     return dict(reply.json()["stats"])
-
-
-async def until(predicate: Any, what: str, timeout: float = WAIT_S) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
 
 
 def terminals(ws: WsClient, id: Any) -> list[dict[str, Any]]:
@@ -173,7 +165,7 @@ async def test_a_call_hung_past_timeout_ends_its_request_and_keeps_its_slot_coun
             async def slots_free() -> bool:
                 return (await stats(d, "hang"))["workers"] == 0
 
-            await until(slots_free, "the hung calls to return")
+            await eventually(slots_free, "the hung calls to return")
             assert (await stats(d, "hang"))["stuck"] == 0
             await ws.submit("after", "hang", "after")
             assert (await ws.terminal("after"))["data"] == "after"
@@ -298,14 +290,7 @@ async def test_a_constructor_that_raises_fails_the_start_naming_it_and_closes_wh
         async with serve(tmp_path, config):
             pass
     assert "examples.faults:FailsToLoad() raised RuntimeError: weights file missing" in str(failed.value)
-    await until_sync(lambda: Counter.closed == ["cpu"], "the loaded model to be closed")
-
-
-async def until_sync(predicate: Any, what: str) -> None:
-    async def check() -> bool:
-        return bool(predicate())
-
-    await until(check, what)
+    await eventually(lambda: Counter.closed == ["cpu"], "the loaded model to be closed")
 
 
 def test_servd_run_exits_non_zero_when_a_constructor_calls_sys_exit(tmp_path):
@@ -313,7 +298,7 @@ def test_servd_run_exits_non_zero_when_a_constructor_calls_sys_exit(tmp_path):
     stop: `servd run` exits 1 with "start failed" naming the class, so systemd restarts or reports it.
     Regression: only Exception was caught around model loading, so SystemExit(0) ended servd with 0."""
     config = "version: 1\nendpoints:\n  exits:\n    entrypoint: examples.hazards:ExitsInInit\n"
-    proc = start(tmp_path, config, free_port())
+    proc = start(tmp_path, config)
     try:
         code = proc.wait(WAIT_S)
     finally:

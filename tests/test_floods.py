@@ -12,10 +12,7 @@ import base64
 import json
 import os
 import resource
-import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -25,8 +22,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from tests.harness import Running, WsClient, serve
-from tests.test_cli import env, free_port, http, kill_group, wait_for
+from tests.harness import Running, WsClient, eventually, eventually_sync, serve
+from tests.procs import http, running
 from tests.test_fuzz import Ledger
 from tests.test_ws import Gate
 
@@ -89,14 +86,6 @@ def affordable(wanted: int) -> int:
     return max(10, min(wanted, (soft - 300) // 2))
 
 
-async def until(predicate: Any, what: str, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
-
-
 async def served(d: Running, client: WsClient, tag: str, count: int = 20) -> None:
     """`count` echo requests one after another over the websocket, and one over HTTP, all answered."""
     for i in range(count):
@@ -114,15 +103,15 @@ async def test_hundreds_of_idle_connections_leave_an_active_client_served(tmp_pa
     async with serve(tmp_path, CONFIG.format(max_connections=10000)) as d:
         count = affordable(IDLE_CLIENTS) // 2
         active = await d.ws()
-        tcp = await open_many(count, silent_tcp, d.daemon.port)
-        sockets = await open_many(count, idle_websocket, d.daemon.port)
+        tcp = await open_many(count, silent_tcp, d.port)
+        sockets = await open_many(count, idle_websocket, d.port)
         try:
-            await until(lambda: len(d.daemon.connections) == count + 1, "every idle websocket to be open")
+            await eventually(lambda: len(d.daemon.connections) == count + 1, "every idle websocket to be open")
             await served(d, active, "during")
             assert len(d.daemon.connections) == count + 1, "no idle client was dropped"
         finally:
             close_all(tcp + sockets)
-        await until(lambda: len(d.daemon.connections) == 1, "the idle websockets to be gone")
+        await eventually(lambda: len(d.daemon.connections) == 1, "the idle websockets to be gone")
         await served(d, active, "after", count=2)
 
 
@@ -131,7 +120,7 @@ async def test_half_open_and_half_sent_requests_block_nobody(tmp_path):
     websocket frame cut off mid-payload, all left silent: other clients are served, and shutdown
     still completes promptly."""
     async with serve(tmp_path, CONFIG.format(max_connections=100)) as d:
-        port = d.daemon.port
+        port = d.port
         stalled = [await silent_tcp(port) for _ in range(3)]
         for partial in (b"POST /v1/endpoints/echo HTTP/1.1\r\nHost: x\r\nContent-Le", upgrade_request(port)[:60]):
             reader, writer = await silent_tcp(port)
@@ -169,7 +158,7 @@ async def test_connections_that_never_finish_a_request_are_closed_in_bounded_tim
     so silent connections can't pile up until it runs out of descriptors. Regression: the listener kept
     tornado's default idle_connection_timeout (3600 s, which is also its header timeout)."""
     async with serve(tmp_path, SHORT_PINGS) as d:
-        port = d.daemon.port
+        port = d.port
         bare = await silent_tcp(port)
         partial = await silent_tcp(port)
         partial[1].write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -209,7 +198,7 @@ async def test_at_max_connections_a_new_websocket_gets_503_until_some_close(tmp_
         assert (await d.post("echo", "http is not counted")).status == 200
         for client in clients[:2]:
             client.close()
-        await until(lambda: len(d.daemon.connections) == 3, "two connections to close")
+        await eventually(lambda: len(d.daemon.connections) == 3, "two connections to close")
         for client in [await d.ws(), await d.ws()]:
             await served(d, client, f"new-{id(client)}", count=1)
         with pytest.raises(HTTPClientError) as again:
@@ -339,46 +328,32 @@ def test_running_out_of_file_descriptors_neither_spins_nor_floods_the_log(tmp_pa
     max_connections doesn't count): the daemon must not spin on accept() logging a traceback per loop
     iteration; once the flood goes it serves again. (Regression: tornado's accept handler raised
     EMFILE on every iteration while the listening socket stays readable.)"""
-    (tmp_path / "servd.yaml").write_text(FLOOD)
-    port = free_port()
-    log = tmp_path / "servd.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "servd", "run", "servd.yaml", "--port", str(port)],
-            cwd=tmp_path, env=env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128)),
-        )  # fmt: skip
-    flood: list[socket.socket] = []
-    try:
-        wait_for(lambda: ready(port, proc), "/readyz")
-        for _ in range(200):
-            flood.append(socket.create_connection(("127.0.0.1", port), timeout=10))
-        marker = f"http-after-flood-{os.getpid()}"
-        before = log.read_bytes().count(b"Traceback")
-        cpu_before = proc_cpu_s(proc.pid)
-        lines = sample_growth(log, seconds=1.5)
-        spent = proc_cpu_s(proc.pid) - cpu_before
-        for sock in flood:
-            sock.close()
-        flood.clear()
-        reply = wait_for(lambda: post_ok(port, marker), "a request to be served after the flood")
-        assert reply.body["data"] == marker
-        assert lines < 50, (
-            f"{lines} log lines in 1.5 s of fd exhaustion ({spent:.2f} s cpu); tracebacks before: {before}"
-        )
-    finally:
-        for sock in flood:
-            sock.close()
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        kill_group(proc)
+    limit = 128
 
+    def lower_the_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
-def ready(port: int, proc: subprocess.Popen[bytes]) -> bool:
-    assert proc.poll() is None, f"servd exited with {proc.returncode}"
-    with suppress(OSError):
-        return http(port, "GET", "/readyz", timeout=5).status == 200
-    return False
+    with running(tmp_path, FLOOD, preexec_fn=lower_the_limit) as daemon:
+        flood: list[socket.socket] = []
+        try:
+            for _ in range(200):
+                flood.append(socket.create_connection(("127.0.0.1", daemon.port), timeout=10))
+            marker = f"http-after-flood-{os.getpid()}"
+            before = daemon.log.read_bytes().count(b"Traceback")
+            cpu_before = proc_cpu_s(daemon.proc.pid)
+            lines = sample_growth(daemon.log, seconds=1.5)
+            spent = proc_cpu_s(daemon.proc.pid) - cpu_before
+            for sock in flood:
+                sock.close()
+            flood.clear()
+            reply = eventually_sync(lambda: post_ok(daemon.port, marker), "a request to be served after the flood")
+            assert reply.body["data"] == marker
+            assert lines < 50, (
+                f"{lines} log lines in 1.5 s of fd exhaustion ({spent:.2f} s cpu); tracebacks before: {before}"
+            )
+        finally:
+            for sock in flood:
+                sock.close()
 
 
 def post_ok(port: int, data: str) -> Any:
@@ -396,7 +371,5 @@ def proc_cpu_s(pid: int) -> float:
 def sample_growth(log: Path, seconds: float) -> int:
     """Lines the log grew by over `seconds` (a wall-clock window: what is measured is a rate)."""
     before = log.read_bytes().count(b"\n")
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
+    time.sleep(seconds)
     return log.read_bytes().count(b"\n") - before

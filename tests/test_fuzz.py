@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from servd.errors import ErrorCode
-from tests.harness import TERMINAL, Running, WsClient, serve
+from tests.harness import TERMINAL, Running, WsClient, eventually, serve
 from tests.test_ws import Gate
 
 EXAMPLES = int(os.environ.get("SERVD_FUZZ_EXAMPLES", "200"))
@@ -329,6 +329,8 @@ def expect_for(frame: str | bytes, fixed_endpoint: str | None = None) -> Expect:
     endpoint, progress = message.get("endpoint"), message.get("progress", True)
     if (endpoint is not None and not isinstance(endpoint, str)) or not isinstance(progress, bool):
         return Expect("error", request_id, "bad_request")
+    if _depth(message["data"]) > MAX_DEPTH:
+        return Expect("error", request_id, "bad_request")
     if fixed_endpoint is not None:
         if endpoint not in (None, fixed_endpoint):
             return Expect("error", request_id, "bad_request")
@@ -352,6 +354,20 @@ def _has_infinite(value: Any) -> bool:
             return True
         stack.extend(item if isinstance(item, list) else item.values() if isinstance(item, dict) else ())
     return False
+
+
+MAX_DEPTH = 128  # server.max_depth's default
+
+
+def _depth(value: Any) -> int:
+    """Levels of lists and objects in a JSON value (a scalar: 0)."""
+    level, depth = [value], 0
+    while True:
+        level = [v for v in level if isinstance(v, (list, dict))]
+        if not level:
+            return depth
+        depth += 1
+        level = [child for v in level for child in (v.values() if isinstance(v, dict) else v)]
 
 
 def _valid_id(value: Any) -> bool:
@@ -537,11 +553,12 @@ async def test_sequences_of_submits_cancels_and_duplicates_balance_per_id(tmp_pa
 
 async def idle(d: Running) -> None:
     """Wait (bounded) until no call runs, not even one whose requests all ended: late output shows up now."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 20
-    while any(not e.is_idle() or any(i.running for i in e.instances) for e in d.daemon.endpoints.values()):
-        assert loop.time() < deadline, "endpoints never went idle"
-        await asyncio.sleep(0.002)
+
+    def busy() -> list[str]:
+        endpoints = d.daemon.endpoints.values()
+        return [e.name for e in endpoints if not e.is_idle() or e.calls_running()]
+
+    await eventually(busy, "every endpoint to go idle", until=lambda names: not names, interval=0.002)
 
 
 async def test_a_malformed_message_reusing_an_in_flight_id_is_refused_with_id_null(tmp_path):
@@ -623,6 +640,8 @@ def expect_http(method: str, body: bytes) -> tuple[int, Any]:
     except (ValueError, RecursionError):
         return 400, MISSING
     if not isinstance(value, dict) or "data" not in value or _has_infinite(value):
+        return 400, MISSING
+    if _depth(value["data"]) > MAX_DEPTH:
         return 400, MISSING
     return 200, value["data"]
 

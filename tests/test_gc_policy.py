@@ -3,11 +3,9 @@ free its model, which only a collection can (it sits in reference cycles)."""
 
 from __future__ import annotations
 
-import asyncio
-
 from examples.probes import Tracked
 from servd import gcpolicy
-from tests.harness import WAIT_S, serve, write_config
+from tests.harness import eventually, serve, write_config
 
 BOTH = """
 version: 1
@@ -36,11 +34,11 @@ async def test_a_removed_endpoints_model_is_freed_although_startup_objects_are_f
             (model_payload,) = Tracked.alive
             write_config(tmp_path, ONLY_ECHO)
             d.daemon.request_reload()
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + WAIT_S
-            while model_payload() is not None or d.daemon.retiring:
-                assert loop.time() < deadline, "the removed endpoint's model is still alive"
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: model_payload() is None and not d.daemon.retiring,
+                "the removed endpoint's model to be freed",
+                interval=0.05,
+            )
             assert (await d.post("echo", 1)).json()["data"] == 1  # the daemon serves on
         finally:
             gcpolicy.thaw()

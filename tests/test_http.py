@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from tests.harness import WAIT_S, Reply, Running, serve
+from tests.harness import WAIT_S, Reply, Running, eventually, serve
 from tests.test_ws import GATE
 
 CONFIG = """
@@ -70,15 +70,6 @@ def sse_events(reply: Reply) -> list[tuple[str, dict[str, Any]]]:
             fields = dict(line.split(": ", 1) for line in block.splitlines())
             events.append((fields["event"], json.loads(fields["data"])))
     return events
-
-
-async def until(predicate: Any, what: str) -> None:
-    """Poll a cheap, observable condition (bounded in time); never a fixed sleep for correctness."""
-    for _ in range(int(WAIT_S / 0.01)):
-        if predicate():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def hold_gate_and_queue_one(d: Running, endpoint: str) -> None:
@@ -267,7 +258,7 @@ async def test_post_while_the_daemon_shuts_down_is_503_unavailable(tmp_path):
             await ws.submit("draining", "gate", "finishes")
             await ws.wait_for(lambda m: m.get("id") == "draining" and m["type"] == "started")
             stopping = asyncio.ensure_future(d.daemon.shutdown())
-            await until(lambda: d.daemon.shutting_down, "shutdown to begin")
+            await eventually(lambda: d.daemon.shutting_down, "shutdown to begin")
             reply = await d.post("echo", 1)
             assert reply.status == 503
             assert error_of(reply)["code"] == "unavailable"
@@ -303,7 +294,7 @@ async def test_client_hanging_up_cancels_its_request(tmp_path, headers):
             def ended() -> list[str]:
                 return [e["outcome"] for e in d.log_events() if e.get("event") == "request"]
 
-            await until(lambda: ended() == ["cancelled"], "the abandoned request to end")
+            await eventually(lambda: ended() == ["cancelled"], "the abandoned request to end")
             GATE.open()
             await ws.terminal("running")
         assert "abandoned" not in GATE.calls

@@ -1,25 +1,36 @@
-"""A regular (non-editable) install carries the JSON Schema: `servd schema` works away from the source tree.
+"""A regular (non-editable) install carries the JSON Schema: `servd schema` works away from the source tree;
+and the README's client-only install (`pip install --no-deps servd` + tornado) runs the client, `servd bench`
+and `servd status` without any of the server's dependencies.
 
 The package's files are copied to a scratch directory and built from there, so the build leaves
 nothing in the checkout; the install goes to a --target directory, used through PYTHONPATH from
-a working directory where the source tree is not importable.
+a working directory where the source tree is not importable. The client-only runs add a
+directory holding only tornado, and start Python with -S: no site-packages at all, so a stray
+import of yaml, jsonschema, torch, ... fails there as it would on a client machine.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import tornado
+
+from tests.harness import serve
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = ["pyproject.toml", "setup.cfg", "README.md", "LICENSE", "servd", "schemas"]
 SCHEMA = json.loads((REPO / "schemas" / "servd.schema.json").read_text("utf-8"))
+# Every install_requires of setup.cfg but tornado, by import name.
+SERVER_ONLY = ["yaml", "jsonschema", "structlog", "watchdog", "prometheus_client", "orjson", "torch"]
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +101,71 @@ def test_every_module_of_the_source_tree_is_installed(installed):
         return {str(p.relative_to(root)) for p in root.rglob("*.py") if "__pycache__" not in p.parts}
 
     assert modules(REPO / "servd") <= modules(installed / "servd")
+
+
+# -- the client-only install -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def client_only(installed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a client machine: the --no-deps install and tornado, nothing else."""
+    deps = tmp_path_factory.mktemp("client-deps")
+    shutil.copytree(Path(tornado.__file__).parent, deps / "tornado", ignore=shutil.ignore_patterns("__pycache__"))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join((str(installed), str(deps))))
+
+
+def client_argv(*args: str) -> list[str]:
+    return [sys.executable, "-S", *args]  # -S: the test environment's site-packages are out of reach
+
+
+def run_client(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(client_argv(*args), cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_the_client_only_environment_lacks_every_server_dependency(client_only, tmp_path):
+    """The premise of the tests below: none of the server's dependencies is importable there."""
+    code = f"import importlib.util; print([m for m in {SERVER_ONLY!r} if importlib.util.find_spec(m)])"
+    result = run_client(client_only, tmp_path, "-c", code)
+    assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+
+
+def test_servd_client_imports_in_a_client_only_install(installed, client_only, tmp_path):
+    """The client, the bench and the status command import from the install with tornado alone."""
+    code = "import servd.client, servd.bench, servd.status; print(servd.client.__file__)"
+    result = run_client(client_only, tmp_path, "-c", code)
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).is_relative_to(installed)
+
+
+def test_servd_bench_help_in_a_client_only_install(installed, client_only, tmp_path):
+    """The installed `servd` command's bench (not only `python -m servd.bench`) starts without the server's deps."""
+    result = run_client(client_only, tmp_path, str(installed / "bin" / "servd"), "bench", "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: servd bench") and "Exit status" in result.stdout
+
+
+async def run_client_only(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
+    """A client-only process, in a subprocess so the in-process daemon keeps serving."""
+    proc = await asyncio.create_subprocess_exec(
+        *client_argv(*args), cwd=cwd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_servd_bench_and_status_run_against_a_daemon_from_a_client_only_install(installed, client_only, tmp_path):
+    """`servd bench` (websocket and HTTP) and `servd status` of the client-only install, against a real daemon."""
+    servd = str(installed / "bin" / "servd")
+    config = "version: 1\nendpoints:\n  echo: {entrypoint: examples.echo:echo}\n"
+    async with serve(tmp_path, config) as d:
+        benches = [
+            await run_client_only(client_only, tmp_path, servd, "bench", url, "--endpoint", "echo", *transport,
+                                  "--data", "1", "--requests", "5", "--warmup", "0", "--json")
+            for url, transport in ((d.ws_url, ()), (d.url, ("--transport", "http")))
+        ]  # fmt: skip
+        status = await run_client_only(client_only, tmp_path, servd, "status", d.url)
+    for rc, out, err in benches:
+        assert rc == 0, err
+        assert json.loads(out)["levels"][0]["completed"] == 5
+    assert status[0] == 0, status[2]
+    assert re.search(r"^echo +0 +0 ", status[1], re.M), status[1]

@@ -10,7 +10,6 @@ messages of a request), polling with a bound, never for a fixed time. Calls that
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
@@ -24,9 +23,8 @@ import pytest
 
 from examples import versioned
 from examples.versioned import Tagged
-from tests.harness import Running, WsClient, serve
+from tests.harness import Running, WsClient, eventually, serve
 
-POLL_S = 0.02
 RELOAD_WAIT_S = 10.0  # generous: the machine may be loaded
 LOCATION = re.compile(r"servd\.yaml:\d+:\d+")
 
@@ -50,28 +48,6 @@ def save_in_place(path: Path, text: str) -> None:
         file.write(yaml_text(text))
 
 
-async def wait_until(probe: Any, what: str, timeout: float = RELOAD_WAIT_S) -> Any:
-    """Poll the coroutine function `probe` until it returns something truthy; bounded by `timeout`."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(POLL_S)
-
-
-async def eventually(check: Any, what: str, timeout: float = RELOAD_WAIT_S) -> None:
-    """Poll the plain function `check` until it returns True; bounded by `timeout`."""
-
-    async def probe() -> bool:
-        return bool(check())
-
-    await wait_until(probe, what, timeout)
-
-
 async def status(d: Running) -> dict[str, Any]:
     return (await d.http("GET", "/v1/status")).json()
 
@@ -91,7 +67,7 @@ async def wait_generation(d: Running, generation: int) -> dict[str, Any]:
         current = await status(d)
         return current if current["generation"] >= generation else None
 
-    return await wait_until(probe, f"generation {generation}")
+    return await eventually(probe, f"generation {generation}", timeout=RELOAD_WAIT_S)
 
 
 async def wait_reload_after(d: Running, since: float) -> dict[str, Any]:
@@ -101,7 +77,7 @@ async def wait_reload_after(d: Running, since: float) -> dict[str, Any]:
         last = (await status(d))["last_reload"]
         return last if last is not None and last["at"] > since else None
 
-    return await wait_until(probe, "a reload")
+    return await eventually(probe, "a reload", timeout=RELOAD_WAIT_S)
 
 
 def reloads_counted(text: str, result: str) -> float:
@@ -502,8 +478,8 @@ async def test_a_removed_endpoint_finishes_what_it_admitted_then_goes(tmp_path, 
             await ws.submit(id, "slow", id)
             return (await ws.terminal(id))["error"]["code"] == "unknown_endpoint"
 
-        await wait_until(gone, "the removed endpoint to be gone")
-        await eventually(lambda: Tagged.seen("closed", tag) == 1, "the removed model's close()")
+        await eventually(gone, "the removed endpoint to be gone", timeout=RELOAD_WAIT_S)
+        await eventually(lambda: Tagged.seen("closed", tag) == 1, "the removed model's close()", timeout=RELOAD_WAIT_S)
 
 
 async def test_an_endpoint_removed_twice_while_draining_still_ends_every_request_at_shutdown(tmp_path, gates):
@@ -562,7 +538,7 @@ async def test_model_swap_serves_new_requests_and_closes_the_old_model_after_its
 
         versioned.open_gate(gate)
         assert (await ws.terminal("long"))["data"]["tag"] == old
-        await eventually(lambda: Tagged.seen("closed", old) == 1, "the old model's close()")
+        await eventually(lambda: Tagged.seen("closed", old) == 1, "the old model's close()", timeout=RELOAD_WAIT_S)
         with Tagged.lock:
             events = list(Tagged.events)
         assert events.index(("called", old)) < events.index(("closed", old))

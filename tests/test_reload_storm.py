@@ -21,13 +21,12 @@ from typing import Any
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from examples.versioned import Tagged
-from tests.harness import Running, serve
+from tests.harness import Running, eventually, serve
 
 CLIENTS = 4
 LANES_PER_CLIENT = 3  # requests each client keeps in flight, each lane one after the other
 WAIT_S = 15.0  # generous bound on any one wait: the machine may be loaded
 PROGRESS_EACH_EDIT = 15  # requests that must complete between two edits (a steady stream, not a pause)
-POLL_S = 0.02
 REMOVABLE = "extra"
 
 
@@ -138,7 +137,7 @@ class Storm:
     async def steady(self) -> None:
         """Let the stream run until PROGRESS_EACH_EDIT more requests complete (bounded)."""
         target = self.completed + PROGRESS_EACH_EDIT
-        await until(lambda: self.completed >= target, "requests to keep completing")
+        await eventually(lambda: self.completed >= target, "requests to keep completing", timeout=WAIT_S)
 
     def save(self, version: Version) -> float:
         """Save the way editors do; returns the time just before the save, and closes an extra window."""
@@ -164,7 +163,7 @@ class Storm:
                 and shown["echo"]["batch"]["max_size"] == version.batch
             )
 
-        await until_async(served, f"the daemon to serve {version}")
+        await eventually(served, f"the daemon to serve {version}", timeout=WAIT_S)
         if version.extra is not None and self._extra_since is None:
             self._extra_since = time.monotonic()
 
@@ -175,27 +174,12 @@ class Storm:
             last = (await self.d.http("GET", "/v1/status")).json()["last_reload"]
             return last is not None and last["at"] > since and last["result"] == result
 
-        await until_async(seen, f"a reload with result {result}")
+        await eventually(seen, f"a reload with result {result}", timeout=WAIT_S)
 
     def extra_certainly_served(self, sent_at: float) -> bool:
         return any(start <= sent_at <= end for start, end in self.extra_served) or (
             self._extra_since is not None and sent_at >= self._extra_since
         )
-
-
-async def until(check: Any, what: str) -> None:
-    async def probe() -> bool:
-        return bool(check())
-
-    await until_async(probe, what)
-
-
-async def until_async(probe: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not await probe():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {WAIT_S}s waiting for {what}")
-        await asyncio.sleep(POLL_S)
 
 
 async def edit_storm(storm: Storm, run: str) -> list[str]:
@@ -279,7 +263,7 @@ async def test_no_request_is_lost_while_the_config_is_rewritten_under_load(tmp_p
         for client in storm.clients:
             client.conn.close()
         retired = [*tags[:-1], *(f"{run}-e{i}" for i in (1, 2, 3))]
-        await until(lambda: all_retired_models_closed(retired), "every retired model to be closed")
+        await eventually(lambda: all_retired_models_closed(retired), "every retired model to be closed", timeout=WAIT_S)
         unexpected = [e for e in d.errors_logged() if e["event"] != "reload"]
         assert unexpected == []
 

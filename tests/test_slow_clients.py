@@ -13,7 +13,7 @@ import os
 import socket
 import struct
 
-from tests.harness import serve
+from tests.harness import eventually, serve
 
 CONFIG = """
 version: 1
@@ -66,27 +66,22 @@ def frame(text: str) -> bytes:
     return header + mask + masked
 
 
-async def wait_until(predicate, timeout: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        assert loop.time() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
-
-
 async def test_client_that_never_reads_is_disconnected_and_others_keep_working(tmp_path):
     """A client submitting requests with big results and never reading is cut off (code 1008);
     its requests end (cancelled), and a well-behaved client on the same daemon is served."""
     async with serve(tmp_path, CONFIG.format(ping=20)) as d:
-        sock = await raw_websocket(d.daemon.port)
+        sock = await raw_websocket(d.port)
         big = "x" * 100_000
         payloads = b"".join(
             frame(json.dumps({"type": "submit", "id": i, "endpoint": "echo", "data": big, "progress": False}))
             for i in range(150)
         )
         await asyncio.get_running_loop().run_in_executor(None, sock.sendall, payloads)
-        await wait_until(lambda: any(e["event"] == "slow reader disconnected" for e in d.log_events()))
-        await wait_until(lambda: len(d.daemon.connections) == 0)
+        await eventually(
+            lambda: any(e["event"] == "slow reader disconnected" for e in d.log_events()),
+            'a "slow reader disconnected" log event',
+        )
+        await eventually(lambda: len(d.daemon.connections), "the connection to close", until=lambda n: n == 0)
         sock.close()
 
         good = await d.ws()
@@ -103,9 +98,11 @@ async def test_client_that_never_reads_is_disconnected_and_others_keep_working(t
 async def test_client_that_never_answers_pings_is_dropped(tmp_path):
     """A connection that goes silent (no pong) is closed after about two ping intervals."""
     async with serve(tmp_path, CONFIG.format(ping=0.2)) as d:
-        sock = await raw_websocket(d.daemon.port)
-        await wait_until(lambda: len(d.daemon.connections) == 1)
-        await wait_until(lambda: len(d.daemon.connections) == 0)
+        sock = await raw_websocket(d.port)
+        await eventually(lambda: len(d.daemon.connections), "the connection to open", until=lambda n: n == 1)
+        await eventually(
+            lambda: len(d.daemon.connections), "the silent connection to be dropped", until=lambda n: n == 0
+        )
         sock.close()
 
 
@@ -113,7 +110,7 @@ async def test_a_result_larger_than_the_client_buffer_gets_a_clean_close_not_hal
     """One result over max_client_buffer_bytes (64 KiB here) is refused whole: the first frame the
     client reads is the 1008 close frame, never part of the result followed by the close."""
     async with serve(tmp_path, CONFIG.format(ping=20)) as d:
-        sock = await raw_websocket(d.daemon.port)
+        sock = await raw_websocket(d.port)
         submit = {"type": "submit", "id": 1, "endpoint": "echo", "data": "x" * 300_000, "progress": False}
         loop = asyncio.get_running_loop()
 

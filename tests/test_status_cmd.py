@@ -1,6 +1,6 @@
 """`servd status [URL]`: what an operator reads about a running daemon, and its exit status.
 
-Against a real `servd run` (tests/test_cli.py's `running`: own process group, killed at the
+Against a real `servd run` (tests/procs.py's `running`: own process group, killed at the
 end), and against a port where nothing listens. The last tests render canned answers, for the
 cases a live daemon can't be steered into cheaply.
 """
@@ -11,9 +11,13 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 import servd
-from servd.status import duration, render
-from tests.test_cli import REPO, WAIT_S, env, free_port, http, running, wait_for
+from servd.client import Cancelled, Client, EndpointFailed, Timeout
+from servd.status import duration, outcomes_from_metrics, render
+from tests.harness import eventually_sync
+from tests.procs import REPO, WAIT_S, closed_port, env, http, running
 
 CONFIG = """\
 version: 1
@@ -57,9 +61,9 @@ def test_status_summarises_each_endpoint_of_a_running_daemon(tmp_path):
         for i in range(3):
             assert http(daemon.port, "POST", "/v1/endpoints/echo", {"data": i}).status == 200
         first = daemon.in_background("/v1/endpoints/sleep", {"data": {"s": 30}})
-        wait_for(lambda: daemon.stats("sleep")["running"] == 1, "the first sleep to be running")
+        eventually_sync(lambda: daemon.stats("sleep")["running"] == 1, "the first sleep to be running")
         second = daemon.in_background("/v1/endpoints/sleep", {"data": {"s": 0}})
-        wait_for(lambda: daemon.stats("sleep")["queued"] == 1, "the second sleep to be queued")
+        eventually_sync(lambda: daemon.stats("sleep")["queued"] == 1, "the second sleep to be queued")
 
         result = servd_status(f"http://127.0.0.1:{daemon.port}")
 
@@ -71,11 +75,45 @@ def test_status_summarises_each_endpoint_of_a_running_daemon(tmp_path):
         rows = table(result.stdout)
         assert list(rows) == ["echo", "sleep", "batched"]
         assert rows["echo"][:4] == ["0", "0", "0/3", "—"]
-        assert rows["echo"][-1] == "3/0"  # completed/failed
+        assert rows["echo"][-4:] == ["3", "0", "0", "0"]  # done, failed, timeout, cancelled
         assert rows["sleep"][:4] == ["1", "1", "1/1", "—"]
         assert rows["batched"][:4] == ["0", "0", "0/1", "8"]
         assert rows["batched"][4:7] == ["—", "—", "—"]  # no request yet: no percentiles, no ETA
         del first, second  # their connections drop when the daemon is killed
+
+
+ENDINGS = """\
+version: 1
+endpoints:
+  sleep:
+    entrypoint: examples.faults:sleep
+    queue: {timeout_s: 0.5}
+"""
+
+
+def test_only_the_entrypoints_failures_count_as_failed(tmp_path):
+    """One request of each ending: a cancel and a timeout are shown as such, not as failures ("foundations")."""
+    with running(tmp_path, ENDINGS) as daemon, Client(f"ws://127.0.0.1:{daemon.port}") as client:
+        assert client.predict("sleep", {"s": 0}) == {"s": 0}
+        with pytest.raises(EndpointFailed):
+            client.predict("sleep", "not a number")  # float("not a number") raises in the entrypoint
+        job = client.submit("sleep", {"s": 1})
+        job.cancel()
+        with pytest.raises(Cancelled):
+            job.result(timeout=WAIT_S)
+        with pytest.raises(Timeout):
+            client.predict("sleep", {"s": 2})  # past queue.timeout_s (0.5 s), waiting or running
+        outcomes = {"completed": 1, "endpoint_failed": 1, "cancelled": 1, "timeout": 1}
+        assert daemon.stats("sleep")["outcomes"] == outcomes
+        assert outcomes_from_metrics(http(daemon.port, "GET", "/metrics").body)["sleep"] == outcomes
+
+        result = servd_status(f"http://127.0.0.1:{daemon.port}")
+
+    assert result.returncode == 0, result.stderr
+    header = next(line for line in result.stdout.splitlines() if line.startswith("endpoint "))
+    assert header.split()[-4:] == ["done", "failed", "timeout", "cancelled"]
+    rows = table(result.stdout)
+    assert rows["sleep"][-4:] == ["1", "1", "1", "1"]  # done, failed, timeout, cancelled
 
 
 def test_status_shows_a_failed_reload_with_its_error_then_an_applied_one(tmp_path):
@@ -85,7 +123,7 @@ def test_status_shows_a_failed_reload_with_its_error_then_an_applied_one(tmp_pat
         url = f"http://127.0.0.1:{daemon.port}"
         config.write_text(CONFIG.replace("concurrency: 3", "concurrency: -3"), "utf-8")
         daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: http(daemon.port, "GET", "/v1/status").body["last_reload"], "the reload to be recorded")
+        eventually_sync(lambda: http(daemon.port, "GET", "/v1/status").body["last_reload"], "the reload to be recorded")
 
         result = servd_status(url)
         assert result.returncode == 0, result.stderr
@@ -99,7 +137,7 @@ def test_status_shows_a_failed_reload_with_its_error_then_an_applied_one(tmp_pat
 
         config.write_text(CONFIG.replace("concurrency: 3", "concurrency: 2"), "utf-8")
         daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: http(daemon.port, "GET", "/v1/status").body["generation"] == 2, "generation 2")
+        eventually_sync(lambda: http(daemon.port, "GET", "/v1/status").body["generation"] == 2, "generation 2")
 
         result = servd_status(url)
         lines = result.stdout.splitlines()
@@ -116,7 +154,7 @@ def test_a_reload_under_a_port_override_asks_for_no_restart(tmp_path):
     with running(tmp_path, CONFIG) as daemon:
         (tmp_path / "servd.yaml").write_text(CONFIG.replace("concurrency: 3", "concurrency: 2"), "utf-8")
         daemon.proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: http(daemon.port, "GET", "/v1/status").body["generation"] == 2, "generation 2")
+        eventually_sync(lambda: http(daemon.port, "GET", "/v1/status").body["generation"] == 2, "generation 2")
         result = servd_status(f"http://127.0.0.1:{daemon.port}")
         assert result.returncode == 0, result.stderr
         assert "restart needed" not in result.stdout
@@ -125,8 +163,8 @@ def test_a_reload_under_a_port_override_asks_for_no_restart(tmp_path):
 
 def test_status_exits_1_with_a_reason_when_nothing_listens():
     """No daemon at the URL: one line on stderr saying so, nothing on stdout, exit 1."""
-    port = free_port()
-    result = servd_status(f"127.0.0.1:{port}")
+    with closed_port() as port:
+        result = servd_status(f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr.startswith(f"servd status: cannot reach servd at http://127.0.0.1:{port}: ")
@@ -164,7 +202,8 @@ def test_status_sends_the_token_from_the_option_or_the_environment(tmp_path):
 def endpoint(**stats):
     base = {
         "queued": 0, "running": 0, "workers": 0, "workers_max": 2, "batch_size": 32, "eta_s": None,
-        "completed": 0, "failed": 0, "wait_s": {"p50": None, "p99": None}, "run_s": {"p50": None, "p99": None},
+        "completed": 0, "failed": 0, "outcomes": {"completed": 0},
+        "wait_s": {"p50": None, "p99": None}, "run_s": {"p50": None, "p99": None},
     }  # fmt: skip
     return {"name": "classify", "batch": {"max_size": 32, "max_delay_ms": 5}, "accepting": True, "stats": base | stats}
 
@@ -188,7 +227,10 @@ def test_render_shows_percentiles_eta_and_a_lowered_batch_size():
         "4.0ms/250ms",
         "12.0ms/1.5s",
         "2.0s",
-        "0/0",
+        "0",
+        "0",
+        "0",
+        "0",
     ]
 
 
@@ -207,3 +249,32 @@ def test_durations_read_at_a_glance():
     assert [duration(s) for s in (None, 0.0004, 0.012, 0.25, 1.5, 185, 7300, 3 * 86400)] == [
         "—", "0.40ms", "12.0ms", "250ms", "1.5s", "3m05s", "2h01m", "3d00h",
     ]  # fmt: skip
+
+
+def test_render_names_endings_that_have_no_column():
+    """Requests ended by a drain or shutdown (unavailable) are not failures either; they are named under the table."""
+    stats = endpoint(
+        completed=7, failed=6, outcomes={"completed": 7, "endpoint_failed": 1, "timeout": 2, "unavailable": 3}
+    )
+    lines = render("http://h:1", STATUS, [stats], now=0).splitlines()
+    assert lines[-1] == "other endings: classify unavailable 3"
+    assert table("\n".join(lines[:-1]))["classify"][-4:] == ["7", "1", "2", "0"]
+
+
+def test_render_without_outcomes_shows_no_counts_it_cannot_split():
+    """A daemon that gives neither stats.outcomes nor /metrics: — rather than failures mixed with cancels."""
+    stats = endpoint(completed=5, failed=4)
+    del stats["stats"]["outcomes"]
+    assert table(render("http://h:1", STATUS, [stats], now=0))["classify"][-4:] == ["5", "—", "—", "—"]
+
+
+def test_outcomes_are_read_from_metrics_text():
+    """The /metrics fallback, for a daemon whose /v1/endpoints has no stats.outcomes."""
+    text = (
+        "# TYPE servd_requests_total counter\n"
+        'servd_requests_total{endpoint="echo",outcome="completed"} 12.0\n'
+        'servd_requests_total{endpoint="echo",outcome="cancelled"} 2.0\n'
+        'servd_requests_total{endpoint="a.b-c",outcome="timeout"} 1.0\n'
+        'servd_rejected_total{endpoint="echo",reason="queue_full"} 9.0\n'
+    )
+    assert outcomes_from_metrics(text) == {"echo": {"completed": 12, "cancelled": 2}, "a.b-c": {"timeout": 1}}

@@ -13,8 +13,6 @@ import os
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from servd import systemd
-from tests.test_cli import WAIT_S, env, free_port, http, kill_group
+from tests.procs import WAIT_S, Running, env, http, listening
 
 CONFIG = """\
 version: 1
@@ -113,32 +111,12 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
             short.cleanup()
 
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-
 @contextmanager
-def servd_run(tmp_path: Path, notify: NotifySocket, **extra_env: str) -> Iterator[Daemon]:
-    """`servd run` with $NOTIFY_SOCKET set (and `extra_env`); its process group is killed afterwards."""
-    (tmp_path / "servd.yaml").write_text(CONFIG, "utf-8")
-    port = free_port()
-    log = tmp_path / "servd.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "servd", "run", "servd.yaml", "--port", str(port)],
-            cwd=tmp_path,
-            env=env() | {"NOTIFY_SOCKET": str(notify.path), **extra_env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        yield Daemon(proc, port, log)
-    finally:
-        kill_group(proc)
+def servd_run(tmp_path: Path, notify: NotifySocket, **extra_env: str) -> Iterator[Running]:
+    """`servd run` with $NOTIFY_SOCKET set (and `extra_env`), once it listens (not yet ready); its
+    process group is killed afterwards."""
+    with listening(tmp_path, CONFIG, env=env() | {"NOTIFY_SOCKET": str(notify.path), **extra_env}) as daemon:
+        yield daemon
 
 
 def is_ready(n: Notification) -> bool:

@@ -17,7 +17,7 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
-from tests.harness import Running, serve
+from tests.harness import Running, eventually, serve
 
 WRITE_EVERY_S = 0.02  # faster than the watcher's debounce: a busy log file
 MAX_LINES = 2000  # bounds the writer (40 s at the rate above)
@@ -58,11 +58,10 @@ async def test_config_edit_is_applied_while_a_log_file_beside_it_keeps_changing(
         writer = asyncio.ensure_future(keep_writing(tmp_path / "servd.log"))
         try:
             save_atomic(d.config_path, CONFIG.format(concurrency=3))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + RELOAD_WAIT_S
-            while await generation(d) < 2 and loop.time() < deadline:
-                await asyncio.sleep(0.05)
-            assert await generation(d) == 2, f"the edit was not applied within {RELOAD_WAIT_S}s"
+            reached = await eventually(
+                lambda: generation(d), "the edit to be applied", until=lambda g: g >= 2, timeout=RELOAD_WAIT_S
+            )
+            assert reached == 2
             shown = (await d.http("GET", "/v1/endpoints")).json()["endpoints"]
             assert shown[0]["concurrency"] == 3
         finally:

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from servd.handlers.ws import BufferedFrames, fast_send_supported
-from tests.harness import TERMINAL, WAIT_S, WsClient, serve
+from servd.compat import BufferedFrames, fast_send_supported
+from tests.harness import TERMINAL, WAIT_S, WsClient, eventually, serve
 from tests.test_slow_clients import _handshake
 
 
@@ -100,12 +100,11 @@ async def queued(ws: WsClient, id: Any) -> dict[str, Any]:
 
 async def until_idle(d: Any, name: str) -> None:
     """Wait (bounded) until /v1/endpoints/{name} shows nothing queued or running."""
-    for _ in range(int(WAIT_S / 0.02)):
-        stats = (await d.http("GET", f"/v1/endpoints/{name}")).json()["stats"]
-        if stats["queued"] == 0 and stats["running"] == 0:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{name} still busy: {stats}")
+
+    async def stats() -> dict[str, Any]:
+        return dict((await d.http("GET", f"/v1/endpoints/{name}")).json()["stats"])
+
+    await eventually(stats, f"{name} to be idle", until=lambda s: s["queued"] == 0 and s["running"] == 0)
 
 
 # -- routes ------------------------------------------------------------------------------------
@@ -177,7 +176,7 @@ async def test_frames_arriving_together_split_or_fragmented_are_each_read_right(
     in three fragments with a ping between them all get their answers (and the ping its pong)."""
     async with serve(tmp_path, CONFIG) as d:
         loop = asyncio.get_running_loop()
-        sock = await loop.run_in_executor(None, _handshake, d.daemon.port)
+        sock = await loop.run_in_executor(None, _handshake, d.port)
 
         def exchange() -> list[tuple[int, bytes]]:
             sock.sendall(b"".join(masked_frame(0x1, submit_text(i, i)) for i in (1, 2, 3)))
@@ -474,10 +473,7 @@ async def test_submit_while_the_daemon_shuts_down_gets_unavailable(tmp_path):
             await ws.submit("draining", "gate", "finishes")
             await started(ws, "draining")
             stopping = asyncio.ensure_future(d.daemon.shutdown())
-            for _ in range(1000):
-                if d.daemon.shutting_down:
-                    break
-                await asyncio.sleep(0.01)
+            await eventually(lambda: d.daemon.shutting_down, "the shutdown to begin", interval=0.01)
             await ws.submit("late", "echo", 1)
             assert (await ws.terminal("late"))["error"]["code"] == "unavailable"
             GATE.open()

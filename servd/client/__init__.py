@@ -24,7 +24,10 @@ from servd.client.errors import (
     ConnectFailed,
     ConnectionLost,
     EndpointFailed,
+    ForbiddenOrigin,
     InvalidInput,
+    MethodNotAllowed,
+    NotFound,
     QueueFull,
     ServdError,
     Timeout,
@@ -32,6 +35,7 @@ from servd.client.errors import (
     Unauthorized,
     Unavailable,
     UnknownEndpoint,
+    UnknownHost,
 )
 from servd.client.job import AsyncJob, JobStatus
 from servd.client.sync import Client, Job
@@ -47,9 +51,12 @@ __all__ = [
     "ConnectFailed",
     "ConnectionLost",
     "EndpointFailed",
+    "ForbiddenOrigin",
     "InvalidInput",
     "Job",
     "JobStatus",
+    "MethodNotAllowed",
+    "NotFound",
     "QueueFull",
     "ServdError",
     "Timeout",
@@ -57,4 +64,5 @@ __all__ = [
     "Unauthorized",
     "Unavailable",
     "UnknownEndpoint",
+    "UnknownHost",
 ]

@@ -42,8 +42,24 @@ class ApiClosed(ServdError):
     code = ErrorCode.API_CLOSED.word
 
 
+class ForbiddenOrigin(ServdError):
+    code = ErrorCode.FORBIDDEN_ORIGIN.word
+
+
 class UnknownEndpoint(ServdError):
     code = ErrorCode.UNKNOWN_ENDPOINT.word
+
+
+class NotFound(ServdError):
+    code = ErrorCode.NOT_FOUND.word
+
+
+class MethodNotAllowed(ServdError):
+    code = ErrorCode.METHOD_NOT_ALLOWED.word
+
+
+class UnknownHost(ServdError):
+    code = ErrorCode.UNKNOWN_HOST.word
 
 
 class TooLarge(ServdError):
@@ -111,7 +127,11 @@ BY_CODE: dict[str, type[ServdError]] = {
         BadRequest,
         Unauthorized,
         ApiClosed,
+        ForbiddenOrigin,
         UnknownEndpoint,
+        NotFound,
+        MethodNotAllowed,
+        UnknownHost,
         TooLarge,
         InvalidInput,
         ClientLimit,

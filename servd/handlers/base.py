@@ -1,21 +1,78 @@
-"""What every JSON handler shares: the daemon, auth, and errors in the wire's format."""
+"""What every JSON handler shares: the daemon, the web guard, auth, and errors in the wire's format.
+
+Every HTTP error answer, whoever makes it (a route's refusal, the guard, or Tornado: a method a
+route doesn't serve, a malformed request), is `{"error": {"code", "message"}}` with the status
+of its ErrorCode, as compact JSON like every other body. The websocket routes use the same
+functions (`write_wire_error`, `web_refusal`) for what they answer over plain HTTP.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import TYPE_CHECKING, Any
 
+from tornado.httputil import HTTPServerRequest
 from tornado.web import RequestHandler
 
-from servd import auth
+from servd import auth, webguard
 from servd.errors import ErrorCode, ServdError
 
 if TYPE_CHECKING:
     from servd.daemon import Daemon
+    from servd.spec import ServerSpec
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def error_body(code: ErrorCode, message: str) -> str:
+    return encode({"error": {"code": code.word, "message": message}})
+
+
+@functools.cache
+def allowed_methods(handler_class: type[RequestHandler]) -> str:
+    """The methods a route serves (those its handler implements): its Allow header and preflight answer."""
+    unimplemented = RequestHandler._unimplemented_method
+    return ", ".join(m for m in METHODS if getattr(handler_class, m.lower()) is not unimplemented)
+
+
+def web_refusal(request: HTTPServerRequest, server: ServerSpec, check_host: bool = True) -> ServdError | None:
+    """The guard's verdict on a request's Host and Origin headers (webguard.refusal)."""
+    headers = request.headers
+    return webguard.refusal(
+        headers.get("Host"),
+        headers.get("Origin"),
+        allowed_hosts=server.allowed_hosts,
+        listen_host=server.host,
+        allowed_origins=server.allowed_origins,
+        check_host=check_host,
+    )
+
+
+def write_wire_error(handler: RequestHandler, status_code: int) -> None:
+    """Tornado's own errors in our shape, no traceback: 405 method_not_allowed with its Allow
+    header; other 4xx bad_request; 5xx (a servd bug; the log has it) endpoint_failed."""
+    request = handler.request
+    if status_code == 405:
+        allowed = allowed_methods(type(handler))
+        handler.set_header("Allow", allowed)
+        code = ErrorCode.METHOD_NOT_ALLOWED
+        message = f"{request.method} is not allowed on {request.path}; it serves {allowed}"
+    else:
+        code = ErrorCode.BAD_REQUEST if status_code < 500 else ErrorCode.ENDPOINT_FAILED
+        message = handler._reason
+    handler.set_header("Content-Type", "application/json")
+    handler.set_header("Cache-Control", "no-store")
+    handler.finish(error_body(code, message))
 
 
 class JSONHandler(RequestHandler):
     daemon: Daemon
+    # Probes (/healthz, /readyz) turn the Host check off: kubelet sends the pod's address as Host.
+    check_host = True
+    # Access-Control-Allow-Origin for an allowed request that names its Origin; None otherwise.
+    cors_origin: str | None = None
 
     def initialize(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -23,6 +80,40 @@ class JSONHandler(RequestHandler):
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
+
+    def prepare(self) -> None:
+        """The web guard, before any route's own checks; a subclass calls it first and stops if
+        it answered (`self._finished`): a refused Host or Origin, or a CORS preflight."""
+        refused = web_refusal(self.request, self.daemon.spec.server, self.check_host)
+        if refused is not None:
+            self.daemon.note_rejected(None, refused)
+            self.send_error_code(refused)
+            return
+        origin = self.request.headers.get("Origin")
+        if origin is None:
+            return
+        self.cors_origin = webguard.allow_origin(origin, self.daemon.spec.server.allowed_origins)
+        self._allow_cross_origin()
+        if self.request.method == "OPTIONS" and "Access-Control-Request-Method" in self.request.headers:
+            self.set_header("Access-Control-Allow-Methods", allowed_methods(type(self)))
+            self.set_header("Access-Control-Allow-Headers", webguard.ALLOW_HEADERS)
+            self.set_header("Access-Control-Max-Age", str(webguard.MAX_AGE_S))
+            self.set_status(204)
+            self.finish()
+
+    def _allow_cross_origin(self) -> None:
+        """Let the calling page read this answer (browsers hide it otherwise)."""
+        if self.cors_origin is None:
+            return
+        self.set_header("Access-Control-Allow-Origin", self.cors_origin)
+        self.set_header("Access-Control-Expose-Headers", webguard.EXPOSE_HEADERS)
+        if self.cors_origin != "*":
+            self.set_header("Vary", "Origin")
+
+    def options(self, *args: Any, **kwargs: Any) -> None:
+        """A plain OPTIONS (not a CORS preflight, which prepare answers): the route's methods."""
+        self.set_header("Allow", allowed_methods(type(self)))
+        self.set_status(204)
 
     def check_auth(self) -> bytes | None:
         """The caller's token; raises unauthorized when tokens are configured and it's wrong."""
@@ -33,21 +124,22 @@ class JSONHandler(RequestHandler):
 
     def send_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
-        self.finish(body if isinstance(body, (str, bytes)) else json.dumps(body))
+        self.finish(body if isinstance(body, (str, bytes)) else encode(body))
 
     def send_error_code(self, error: ServdError, headers: dict[str, str] | None = None) -> None:
         if error.code is ErrorCode.UNAUTHORIZED:
             self.set_header("WWW-Authenticate", 'Bearer realm="servd"')
         for key, value in (headers or {}).items():
             self.set_header(key, value)
-        self.send_json({"error": {"code": error.code.word, "message": error.message}}, error.code.http_status)
+        self.send_json(error_body(error.code, error.message), error.code.http_status)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        """Tornado's own errors (bad method, malformed request) in our JSON shape, no traceback."""
-        code = ErrorCode.BAD_REQUEST if status_code < 500 else ErrorCode.ENDPOINT_FAILED
-        self.finish(json.dumps({"error": {"code": code.word, "message": self._reason}}))
+        self._allow_cross_origin()  # send_error cleared the headers prepare set
+        write_wire_error(self, status_code)
 
 
 class NotFound(JSONHandler):
     def prepare(self) -> None:
-        self.send_json({"error": {"code": "not_found", "message": f"no route {self.request.path}"}}, 404)
+        super().prepare()
+        if not self._finished:
+            self.send_error_code(ServdError(ErrorCode.NOT_FOUND, f"no route {self.request.path} (see the README's API)"))

@@ -17,6 +17,7 @@ from servd import auth, protocol
 from servd.errors import ErrorCode, ServdError
 from servd.handlers.base import JSONHandler
 from servd.request import Completed, Request, Terminal
+from servd.snapshot import endpoint_snapshot
 
 
 @stream_request_body
@@ -24,26 +25,28 @@ class EndpointHTTP(JSONHandler):
     def initialize(self, daemon: Any) -> None:
         super().initialize(daemon)
         self.body = bytearray()
-        self.too_large = False
         self.request_record: Request | None = None
         self.outcome: asyncio.Future[Terminal] | None = None
         self.streaming = False
 
     def prepare(self) -> None:
-        if self.request.method != "POST":
+        super().prepare()
+        if self._finished or self.request.method != "POST":
             return
         limit = self.daemon.spec.server.max_message_bytes
         declared = self.request.headers.get("Content-Length")
         if declared and declared.isdigit() and int(declared) > limit:
-            self.too_large = True
             self._refuse(ServdError(ErrorCode.TOO_LARGE, f"body is {declared} bytes; server.max_message_bytes={limit}"))
 
     def data_received(self, chunk: bytes) -> None:
-        if self.too_large:
-            return
-        if len(self.body) + len(chunk) > self.daemon.spec.server.max_message_bytes:
-            self.too_large = True
+        """A body without Content-Length (chunked) is refused the moment it grows past the limit, as
+        a declared one is: 413 at once, and Tornado closes the connection rather than read the rest
+        (past twice the limit it would otherwise answer a bare 400 itself)."""
+        limit = self.daemon.spec.server.max_message_bytes
+        if len(self.body) + len(chunk) > limit:
             self.body = bytearray()
+            error = ServdError(ErrorCode.TOO_LARGE, f"body is over {limit} bytes; server.max_message_bytes={limit}")
+            self._refuse(error, self.path_kwargs.get("name"))
             return
         self.body += chunk
 
@@ -54,7 +57,7 @@ class EndpointHTTP(JSONHandler):
             endpoint = self.daemon.endpoint(name)
         except ServdError as exc:
             return self.send_error_code(exc)
-        self.send_json(endpoint.snapshot())
+        self.send_json(endpoint_snapshot(endpoint))
 
     async def post(self, name: str) -> None:
         if self._finished:
@@ -64,44 +67,40 @@ class EndpointHTTP(JSONHandler):
         except ServdError as exc:
             return self._refuse(exc, name)
         self.request_record = request
-        terminal = await self.outcome  # type: ignore[misc]
-        if not self.streaming:
-            self._respond(terminal)
+        await self.outcome  # type: ignore[misc]  # end() has answered; keep Tornado from finishing first
 
     def _admit(self, name: str) -> Request:
         token = self.check_auth()
         endpoint = self.daemon.endpoint(name)
         if not endpoint.spec.api_open:
             raise ServdError(ErrorCode.API_CLOSED, f"endpoint {name!r} has api_open: false; use its websocket queue")
-        limit = self.daemon.spec.server.max_message_bytes
-        if self.too_large:
-            raise ServdError(ErrorCode.TOO_LARGE, f"body is over server.max_message_bytes={limit}")
         data = self._data()
         self.streaming = "text/event-stream" in self.request.headers.get("Accept", "")
         self.outcome = asyncio.get_running_loop().create_future()
-        request = Request(
-            self.daemon.next_http_id(), auth.client_key(self.request, token), data, self, progress=self.streaming
-        )
+        client = auth.client_key(self.request, token)
+        request = Request(self.daemon.next_http_id(), client, data, self, progress=self.streaming, size=len(self.body))
+        # a refusal raises here, before anything is sent: over SSE too it is a plain status and JSON
+        # body; only what happens after admission arrives as events (with the request's id)
+        self.daemon.admit(name, request)
         if self.streaming:
             self._start_stream()
-        self.daemon.admit(name, request)
         return request
 
     def _data(self) -> Any:
+        raw = bytes(self.body) or b"null"
         try:
-            body = protocol.loads(bytes(self.body) or b"null")
+            body = protocol.loads(raw)
         except (ValueError, RecursionError) as exc:
             raise ServdError(ErrorCode.BAD_REQUEST, f"body is not valid JSON: {exc}") from None
         if not isinstance(body, dict) or "data" not in body:
             raise ServdError(ErrorCode.BAD_REQUEST, 'body must be a JSON object {"data": ...}')
+        too_deep = protocol.depth_problem(body["data"], raw, self.daemon.spec.server.max_depth)
+        if too_deep is not None:
+            raise ServdError(ErrorCode.BAD_REQUEST, too_deep)
         return body["data"]
 
     def _refuse(self, error: ServdError, name: str | None = None) -> None:
         self.daemon.note_rejected(name, error)
-        if self.streaming and self._headers_written:
-            self._event("error", protocol.error(None, error.code, error.message))
-            self.finish()
-            return
         headers = {}
         if error.code is ErrorCode.QUEUE_FULL and name in self.daemon.endpoints:
             eta = self.daemon.endpoints[name].eta_for_new()
@@ -118,11 +117,15 @@ class EndpointHTTP(JSONHandler):
     # -- server-sent events ------------------------------------------------------------------
 
     def _start_stream(self) -> None:
+        """The 200 and SSE headers, once: at admission or with a message sent while admitting."""
+        if self._headers_written:
+            return
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("X-Accel-Buffering", "no")  # nginx: don't buffer the stream
         self.flush()
 
     def _event(self, kind: str, message: str) -> None:
+        self._start_stream()
         try:
             self.write(f"event: {kind}\ndata: {message}\n\n")
             self.flush()
@@ -141,10 +144,15 @@ class EndpointHTTP(JSONHandler):
                 "completed" if isinstance(terminal, Completed) else "error", protocol.terminal(request.id, terminal)
             )
             self.finish()
+        elif not self._finished:
+            # Answer now, not when post() resumes: a drain ends requests and closes connections in
+            # one go, and a reply written later would meet a closed connection.
+            self._respond(terminal)
         if self.outcome is not None and not self.outcome.done():
             self.outcome.set_result(terminal)
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()  # ends Tornado's wait for a body that will never arrive
         request = self.request_record
         if request is not None and not request.done:
-            request.endpoint.cancel(request, "the client disconnected")
+            self.daemon.cancel(request, "the client disconnected")

@@ -1,19 +1,23 @@
 """Operator endpoints: /v1/endpoints, /v1/status, /healthz, /readyz, /metrics.
 
-/healthz and /readyz stay open without a token so that probes work; the rest need one when
-tokens are configured, since they show the config.
+/healthz and /readyz stay open without a token, and to any Host name, so that probes work; the
+rest need one when tokens are configured, since they show the config.
 """
 
 from __future__ import annotations
 
 from servd.errors import ServdError
 from servd.handlers.base import JSONHandler
+from servd.snapshot import endpoint_snapshot
 
 
 class TokenRequired(JSONHandler):
     """Refuses before the handler runs when tokens are configured and the caller has none."""
 
     def prepare(self) -> None:
+        super().prepare()
+        if self._finished:
+            return
         try:
             self.check_auth()
         except ServdError as exc:
@@ -22,7 +26,7 @@ class TokenRequired(JSONHandler):
 
 class Endpoints(TokenRequired):
     def get(self) -> None:
-        self.send_json({"endpoints": [e.snapshot() for e in self.daemon.endpoints.values()]})
+        self.send_json({"endpoints": [endpoint_snapshot(e) for e in self.daemon.endpoints.values()]})
 
 
 class Status(TokenRequired):
@@ -31,11 +35,15 @@ class Status(TokenRequired):
 
 
 class Health(JSONHandler):
+    check_host = False  # probes name the pod's address; the answer tells a page nothing
+
     def get(self) -> None:
         self.send_json({"status": "alive"})
 
 
 class Ready(JSONHandler):
+    check_host = False
+
     def get(self) -> None:
         daemon = self.daemon
         if daemon.shutting_down:

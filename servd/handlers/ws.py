@@ -8,114 +8,21 @@ server.max_client_buffer_bytes, so it can't grow the server's buffers or stall a
 
 from __future__ import annotations
 
-import struct
 from typing import TYPE_CHECKING, Any
 
-from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
-from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
+from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from servd import auth, protocol
+from servd import auth, protocol, webguard
+from servd.compat import buffered, fast_send_supported, send_text
 from servd.errors import ErrorCode, ServdError
+from servd.handlers.base import error_body, web_refusal, write_wire_error
 from servd.request import Request, Terminal
 
 if TYPE_CHECKING:
     from servd.daemon import Daemon
 
 SLOW_READER_CLOSE = 1008  # policy violation
-FIN_TEXT = 0x81  # final frame, text opcode
-
-
-def send_text(handler: WebSocketHandler, text: str, direct: bool) -> None:
-    """Write one text message; `direct` (see fast_send_supported) takes the short way.
-
-    `write_message` wraps each write in an asyncio Task only to translate an error nobody
-    awaits, and Tornado's stream makes a Future per write; at one message per request the two
-    were about a seventh of servd's CPU per request. The short way builds the frame (a server's
-    frames are unmasked) and, when nothing is waiting in Tornado's write buffer, sends it on the
-    socket at once; whatever the socket doesn't take goes through `stream.write`, so ordering,
-    the buffer limit (slow readers) and error handling stay Tornado's.
-    """
-    conn = handler.ws_connection
-    if conn is None or conn.is_closing():
-        raise WebSocketClosedError()
-    if not direct:
-        handler.write_message(text)
-        return
-    payload = text.encode()
-    size = len(payload)
-    if size < 126:
-        header = bytes((FIN_TEXT, size))
-    elif size <= 0xFFFF:
-        header = struct.pack("!BBH", FIN_TEXT, 126, size)
-    else:
-        header = struct.pack("!BBQ", FIN_TEXT, 127, size)
-    frame = header + payload
-    conn._message_bytes_out += size  # type: ignore[attr-defined]
-    conn._wire_bytes_out += len(frame)  # type: ignore[attr-defined]
-    stream = conn.stream
-    if stream is None:
-        raise WebSocketClosedError()
-    limit = stream.max_write_buffer_size
-    if not stream.writing() and (limit is None or len(frame) <= limit):
-        # A frame over the limit goes straight to stream.write, which refuses it whole (slow
-        # reader): sending part of it first would leave half a frame before the close frame.
-        try:
-            sent = stream.socket.send(frame)
-        except OSError:  # would block, or a dead peer: stream.write below handles both as usual
-            sent = 0
-        if sent == len(frame):
-            return
-        frame = frame[sent:]
-    stream.write(frame)
-
-
-def fast_send_supported(conn: Any) -> bool:
-    """Whether `send_text` may take the short way on this connection: plain TCP, no compression,
-    unmasked frames, and the Tornado internals it counts bytes in are where it expects them."""
-    return (
-        getattr(conn, "_compressor", True) is None
-        and getattr(conn, "mask_outgoing", True) is False
-        and type(getattr(conn, "stream", None)) is IOStream
-        and isinstance(getattr(conn, "_message_bytes_out", None), int)
-        and isinstance(getattr(conn, "_wire_bytes_out", None), int)
-    )
-
-
-READ_CHUNK = 65536
-
-
-class BufferedFrames(WebSocketProtocol13):
-    """Tornado's RFC 6455 protocol, reading the socket a chunk at a time instead of a field at a time.
-
-    Tornado reads each frame with three or four `stream.read_bytes` calls (header, length, mask,
-    payload), each with its own Future and buffer bookkeeping: about a fifth of servd's CPU per
-    small request. Here `_read_bytes`, which Tornado's frame parser calls for each field, serves
-    those reads from a local buffer filled by one `read_bytes(partial=True)` per arrival. The
-    frame parsing, its checks (size limit, masking, fragments, control frames) and the closing
-    handshake are Tornado's own; only where the bytes come from changes.
-    """
-
-    _buffer: bytearray | None = None  # set on the first read
-    _offset = 0
-
-    async def _read_bytes(self, n: int) -> bytes:
-        buffer = self._buffer
-        if buffer is None:
-            buffer = self._buffer = bytearray()
-        while len(buffer) - self._offset < n:
-            if self._offset:
-                del buffer[: self._offset]
-                self._offset = 0
-            buffer += await self.stream.read_bytes(READ_CHUNK, partial=True)
-        start, end = self._offset, self._offset + n
-        data = bytes(buffer[start:end])
-        if end == len(buffer):
-            buffer.clear()
-            self._offset = 0
-        else:
-            self._offset = end
-        self._wire_bytes_in += n
-        return data
 
 
 class QueueSocket(WebSocketHandler):
@@ -131,13 +38,16 @@ class QueueSocket(WebSocketHandler):
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
         """Tornado's protocol, reading through BufferedFrames where Tornado has the method it overrides."""
-        protocol = super().get_websocket_protocol()
-        if type(protocol) is WebSocketProtocol13 and callable(getattr(protocol, "_read_bytes", None)):
-            protocol.__class__ = BufferedFrames
-        return protocol
+        return buffered(super().get_websocket_protocol())
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
-        """Refuse before the upgrade: wrong token (401), unknown endpoint (404), full or draining (503)."""
+        """Refuse before the upgrade: Host or Origin not allowed (421, 403), not a websocket handshake
+        (400), wrong token (401), unknown endpoint (404), full or draining (503)."""
+        refused = web_refusal(self.request, self.daemon.spec.server)
+        if refused is not None:
+            return self._refuse(refused.code, refused.message)
+        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+            return self._refuse(ErrorCode.BAD_REQUEST, "this is a websocket route; open it with a websocket handshake")
         token = auth.presented_token(self.request)
         if not auth.is_valid(token, self.daemon.tokens):
             return self._refuse(
@@ -159,13 +69,19 @@ class QueueSocket(WebSocketHandler):
         self.daemon.note_rejected(None, ServdError(code, message))
         self.set_status(code.http_status)
         self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
         if code is ErrorCode.UNAUTHORIZED:
             self.set_header("WWW-Authenticate", 'Bearer realm="servd"')  # RFC 9110: a 401 must carry one
-        self.finish(protocol.error(None, code, message))
+        self.finish(error_body(code, message))  # an HTTP answer: the HTTP error shape
 
     def check_origin(self, origin: str) -> bool:
+        """Tornado's own check, after get()'s: the same rule (webguard.origin_allowed)."""
         allowed = self.daemon.spec.server.allowed_origins
-        return "*" in allowed or origin in allowed
+        return webguard.origin_allowed(origin, allowed, self.request.headers.get("Host"))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """A method this route doesn't serve (405, with Allow: GET) in the wire's JSON, not Tornado's HTML."""
+        write_wire_error(self, status_code)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         stream = getattr(self.ws_connection, "stream", None)
@@ -181,7 +97,7 @@ class QueueSocket(WebSocketHandler):
             self._reject(None, ErrorCode.TOO_LARGE, f"message is {size} bytes; server.max_message_bytes={limit}")
             return
         try:
-            parsed = protocol.parse(message)
+            parsed = protocol.parse(message, self.daemon.spec.server.max_depth)
         except protocol.ProtocolError as exc:
             # an error carrying the id of a request in flight would read as that request's end
             in_flight = exc.id is not None and exc.id in self.in_flight
@@ -193,7 +109,7 @@ class QueueSocket(WebSocketHandler):
         if isinstance(parsed, protocol.Cancel):
             request = self.in_flight.get(parsed.id)
             if request is not None:
-                request.endpoint.cancel(request)
+                self.daemon.cancel(request, "cancelled by the client")
             return
         self._submit(parsed)
 
@@ -209,7 +125,7 @@ class QueueSocket(WebSocketHandler):
             message = f"this socket serves endpoint {self.fixed_endpoint!r}, not {submit.endpoint!r}"
             self._reject(submit.id, ErrorCode.BAD_REQUEST, message, name)
             return
-        request = Request(submit.id, self.client, submit.data, self, progress=submit.progress)
+        request = Request(submit.id, self.client, submit.data, self, progress=submit.progress, size=submit.size)
         self.in_flight[submit.id] = request
         try:
             self.daemon.admit(name, request)
@@ -256,7 +172,7 @@ class QueueSocket(WebSocketHandler):
 
     def _cancel_in_flight(self) -> None:
         for request in list(self.in_flight.values()):
-            request.endpoint.cancel(request, "the client disconnected")
+            self.daemon.cancel(request, "the client disconnected")
         self.in_flight.clear()
 
 

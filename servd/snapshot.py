@@ -1,0 +1,50 @@
+"""An endpoint's effective config and live stats, as /v1/endpoints and /v1/status show them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from servd.endpoint import Endpoint
+from servd.stats import quantiles
+
+
+def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
+    spec = endpoint.spec
+    return {
+        "name": endpoint.name,
+        "entrypoint": spec.entrypoint,
+        "devices": endpoint.instances.devices(),
+        "concurrency": spec.concurrency,
+        "queue": {
+            "max_size": spec.queue.max_size,
+            "timeout_s": spec.queue.timeout_s,
+            "max_per_client": spec.queue.max_per_client,
+        },
+        "batch": None
+        if spec.batch is None
+        else {"max_size": spec.batch.max_size, "max_delay_ms": spec.batch.max_delay_ms},
+        "api_open": spec.api_open,
+        "input_schema": None if spec.input_schema is None else dict(spec.input_schema),
+        "accepting": endpoint.accepting,
+        "stats": _live_stats(endpoint),
+    }
+
+
+def _live_stats(endpoint: Endpoint) -> dict[str, Any]:
+    stats = endpoint.stats
+    return {
+        "queued": len(endpoint.queue),
+        "running": endpoint.running_count(),
+        "workers": endpoint.calls_running(),  # on current and retired models alike
+        "stuck": endpoint.stuck_count(),
+        "workers_max": endpoint.spec.concurrency * endpoint.instances.live(),
+        "batch_size": endpoint.working_batch_size,
+        "eta_s": endpoint.eta_for_new(),
+        "batch_time_s": stats.batch_time_s,
+        "completed": stats.completed,
+        "failed": stats.failed,
+        "outcomes": {"completed": stats.completed, **stats.outcomes},
+        "latency_s": quantiles(stats.totals),
+        "wait_s": quantiles(stats.waits),
+        "run_s": quantiles(stats.runs),
+    }
