@@ -23,8 +23,25 @@ if TYPE_CHECKING:
     from servd.schema import SpecError
 
 
+SERVER_DEPENDENCIES = {"yaml", "jsonschema", "structlog", "watchdog", "prometheus_client", "orjson", "torch"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _command(args)
+    except ModuleNotFoundError as exc:
+        if exc.name not in SERVER_DEPENDENCIES:
+            raise
+        print(
+            f"servd {args.command}: needs the server's dependencies ({exc}); this looks like a client-only "
+            "install (`servd bench` and `servd status` work there): pip install servd",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _command(args: argparse.Namespace) -> int:
     if args.command == "schema":
         from servd.schema import load_schema
 

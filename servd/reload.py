@@ -29,14 +29,15 @@ class Plan:
         return not any(getattr(self, f.name) for f in dataclasses.fields(self))
 
     def summary(self) -> dict[str, list[str]]:
-        """Names of what changes, for the reload log event and /v1/status."""
+        """Names of what changes, for the reload log event and /v1/status; server keys as written in
+        the file (`server.port`), the same words as /v1/status's `restart_needed`."""
         return {
             "added": [e.name for e in self.added],
             "removed": list(self.removed),
             "retuned": [e.name for e in self.retuned],
             "remodeled": [e.name for e in self.remodeled],
-            "server": list(self.server_changed),
-            "needs_restart": list(self.needs_restart),
+            "server": [f"server.{key}" for key in self.server_changed],
+            "needs_restart": [f"server.{key}" for key in self.needs_restart],
         }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,25 @@ def test_run_exits_1_when_a_model_fails_to_load(tmp_path):
         kill_group(proc)
     output = (tmp_path / "servd.log").read_text("utf-8")
     assert "start failed" in output and "weights file missing" in output
+
+
+def test_a_port_in_use_is_named_in_the_error(tmp_path):
+    """ "Address already in use" alone doesn't say which address: the error names host:port and the keys (#11)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        (tmp_path / "servd.yaml").write_text(SERVE, "utf-8")
+        result = servd_cli("run", str(tmp_path / "servd.yaml"), "--port", str(port), cwd=tmp_path)
+    assert result.returncode == 1
+    assert f"servd: cannot start: cannot listen on 127.0.0.1:{port}: Address already in use" in result.stderr
+    assert "(server.host/server.port)" in result.stderr
+
+
+def test_status_shows_what_torch_threads_auto_resolved_to(tmp_path):
+    """/v1/status shows `auto` where the file says auto, and the number it resolved to (#11: it showed null)."""
+    config = "version: 1\nendpoints:\n  digits:\n    entrypoint: examples.digits:Classifier\n"
+    with running(tmp_path, config) as daemon:
+        status = http(daemon.port, "GET", "/v1/status").body
+    assert status["server"]["torch_threads"] == "auto"
+    assert isinstance(status["torch_threads_in_use"], int) and status["torch_threads_in_use"] >= 1

@@ -203,7 +203,7 @@ async def test_a_chunked_body_far_over_max_message_bytes_is_413_too_large(tmp_pa
     Tornado's own body cap answered first, a 400 with an empty body (a 40 MiB body at the default
     16 MiB limit)."""
     async with serve(tmp_path, CONFIG) as d:
-        status, headers, body = await post_chunked(d.daemon.port, "/v1/endpoints/echo", total)
+        status, headers, body = await post_chunked(d.port, "/v1/endpoints/echo", total)
         assert status == 413, (status, body)
         reply = Reply(status, headers, body)
         error = wire_error(reply)

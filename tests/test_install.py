@@ -144,6 +144,15 @@ def test_servd_bench_help_in_a_client_only_install(installed, client_only, tmp_p
     assert result.stdout.startswith("usage: servd bench") and "Exit status" in result.stdout
 
 
+def test_servd_run_in_a_client_only_install_says_what_is_missing(installed, client_only, tmp_path):
+    """`servd run` there exits 1 with a sentence naming the missing dependency, not a traceback."""
+    (tmp_path / "servd.yaml").write_text("version: 1\nendpoints:\n  echo: {entrypoint: examples.echo:echo}\n")
+    result = run_client(client_only, tmp_path, str(installed / "bin" / "servd"), "run", "servd.yaml")
+    assert result.returncode == 1
+    assert "needs the server's dependencies" in result.stderr and "client-only install" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 async def run_client_only(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str, str]:
     """A client-only process, in a subprocess so the in-process daemon keeps serving."""
     proc = await asyncio.create_subprocess_exec(

@@ -644,6 +644,7 @@ async def test_a_port_change_says_restart_needed_and_keeps_the_old_listener(tmp_
         save_atomic(d.config_path, port_config(8799))
         shown = await wait_generation(d, 2)
         assert shown["restart_needed"] == ["server.port"]
+        assert shown["last_reload"]["changes"]["needs_restart"] == ["server.port"], "the same words in both places"
         assert shown["server"]["port"] == 8700
         assert (await d.post("echo", "old listener")).json()["data"] == "old listener"
         warned = [e for e in d.log_events() if e["event"] == "restart needed to apply"]
