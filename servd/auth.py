@@ -4,20 +4,57 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 from pathlib import Path
 
 from tornado.httputil import HTTPServerRequest
 
 
-def read_tokens(path: Path | None) -> tuple[bytes, ...]:
-    """Tokens from `path`, one a line; blank lines and # comments are skipped. () = auth off."""
+class TokensError(ValueError):
+    """A tokens file that can't be used; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """One line of the tokens file: the secret, and the highest priority level it may ask for."""
+
+    secret: bytes
+    highest_priority: int = 1  # 1 = every level
+
+
+def read_tokens(path: Path | None) -> tuple[Token, ...]:
+    """Tokens from `path`, one a line, optionally followed by `priority=N` (the highest level the
+    token may ask for; a plain token may ask for any). Blank lines and # comments are skipped.
+    () = auth off. A file of plain tokens, one a line, reads as it always did."""
     if path is None:
         return ()
-    lines = path.read_text("utf-8").splitlines()
-    tokens = tuple(line.strip().encode() for line in lines if line.strip() and not line.lstrip().startswith("#"))
+    tokens = []
+    for number, line in enumerate(path.read_text("utf-8").splitlines(), 1):
+        if line.strip() and not line.lstrip().startswith("#"):
+            tokens.append(_token(line.split(), f"{path}:{number}"))
     if not tokens:
-        raise ValueError(f"{path}: the tokens file has no tokens; every request would be refused")
-    return tokens
+        raise TokensError(f"{path}: the tokens file has no tokens; every request would be refused")
+    return tuple(tokens)
+
+
+def _token(fields: list[str], where: str) -> Token:
+    secret, options = fields[0], fields[1:]
+    highest = 1
+    for option in options:
+        key, _, value = option.partition("=")
+        if key != "priority" or not value.isdigit() or int(value) < 1:
+            raise TokensError(f"{where}: {option!r} is not an option; write TOKEN or TOKEN priority=N (N >= 1)")
+        highest = int(value)
+    return Token(secret.encode(), highest)
+
+
+def highest_priority(token: bytes | None, tokens: tuple[Token, ...]) -> int:
+    """The highest level (smallest number) `token` may ask for; 1 when auth is off."""
+    presented = hashlib.sha256(token or b"").digest()
+    for known in tokens:
+        if hmac.compare_digest(presented, hashlib.sha256(known.secret).digest()):
+            return known.highest_priority
+    return 1
 
 
 def presented_token(request: HTTPServerRequest) -> bytes | None:
@@ -30,7 +67,7 @@ def presented_token(request: HTTPServerRequest) -> bytes | None:
     return query[0] if query else None
 
 
-def is_valid(token: bytes | None, tokens: tuple[bytes, ...]) -> bool:
+def is_valid(token: bytes | None, tokens: tuple[Token, ...]) -> bool:
     """Compare against every token without stopping early, so timing leaks nothing.
 
     Both sides are hashed first: compare_digest returns early on a length mismatch, which would
@@ -41,7 +78,7 @@ def is_valid(token: bytes | None, tokens: tuple[bytes, ...]) -> bool:
     presented = hashlib.sha256(token or b"").digest()
     found = False
     for known in tokens:
-        found |= hmac.compare_digest(presented, hashlib.sha256(known).digest())
+        found |= hmac.compare_digest(presented, hashlib.sha256(known.secret).digest())
     return found
 
 

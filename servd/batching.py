@@ -20,17 +20,28 @@ class WaitUntil:
 
 
 def decide(
-    waiting: int, max_size: int, oldest_admitted_at: float, max_delay_s: float, now: float
+    waiting: int,
+    max_size: int,
+    oldest_admitted_at: float,
+    max_delay_s: float,
+    now: float,
+    *,
+    run_when_idle: bool = False,
 ) -> RunNow | WaitUntil | None:
     """What a free worker slot should do with `waiting` queued requests.
 
     A full batch runs at once; a partial one runs once the oldest request has waited
     `max_delay_s` (Triton's max_queue_delay rule), so a lone request is never held longer.
+    `run_when_idle` (batch.wait: when_busy, and nothing of the endpoint running): run what waits
+    now; company that isn't coming is not waited for, and under load, when calls run, requests
+    still gather into batches while they wait for a slot.
     """
     if waiting <= 0:
         return None
     if waiting >= max_size:
         return RunNow(max_size)
+    if run_when_idle:
+        return RunNow(waiting)
     release_at = oldest_admitted_at + max_delay_s
     if now >= release_at:
         return RunNow(waiting)

@@ -291,7 +291,7 @@ class Daemon:
             self._config_digest = digest
             self._record_reload("invalid", started, error=str(exc))
             return
-        except OSError as exc:  # the tokens file
+        except (OSError, auth.TokensError) as exc:  # the tokens file
             self._config_digest = digest
             self._record_reload("failed", started, error=str(exc))
             return

@@ -68,6 +68,7 @@ class Endpoint:
         self._batches: set[Batch] = set()
         self._wake: Any = None
         self._wake_at = 0.0
+        self._pump_pending = False
         self._broadcast: Any = None
         self._last_broadcast = 0.0
         self._idle_waiters: list[asyncio.Future[None]] = []
@@ -80,19 +81,71 @@ class Endpoint:
 
     def submit(self, request: Request) -> None:
         """Admit `request` or raise ServdError (nothing is queued then)."""
+        request.priority = self._level_for(request)
         self._admission_check(request)
         now = self.loop.time()
+        deadline = self._deadline(request, now)
+        rank = self.queue.rank_if_pushed(request.client, request.priority)
+        eta = batching.eta(rank, self.working_batch_size, self._slot_remaining(now), self.stats.batch_time_s)
+        if self.spec.queue.admit == "predicted" and deadline is not None and eta is not None and now + eta > deadline:
+            raise ServdError(
+                ErrorCode.QUEUE_FULL,
+                f"predicted to finish in {eta:.3f} s (rank {rank}), past its deadline in {deadline - now:.3f} s; "
+                "queue.admit=predicted refuses what can't finish in time: retry later",
+            )
         request.admitted_at = now
         request.owner = self
-        timeout = self.spec.queue.timeout_s
-        if timeout is not None:
-            request.deadline = now + timeout
-            request.timer = self.loop.call_at(request.deadline, self._expire, request)
-        rank = request.last_rank = self.queue.push(request)
+        request.eta_s = eta
+        if deadline is not None:
+            request.deadline = deadline
+            request.timer = self.loop.call_at(deadline, self._expire, request)
+        request.last_rank = self.queue.push(request)
+        self.metrics.admitted_at(request.priority)
         if request.progress:
-            eta = batching.eta(rank, self.working_batch_size, self._slot_remaining(now), self.stats.batch_time_s)
             request.sink.send(request, protocol.queued(request.id, rank, len(self.queue), eta))
+        if self.queue.pushes_back_others(request.priority):
+            self._schedule_broadcast()
+        if self.spec.batch is not None and self.spec.batch.wait == "when_busy" and not self._batches:
+            self._pump_soon()
+        else:
+            self._pump()
+
+    def _pump_soon(self) -> None:
+        """Pump once the loop has read what arrived with this request: an idle batched endpoint
+        (batch.wait: when_busy) runs at once, and a burst read in one go still forms one batch."""
+        if not self._pump_pending:
+            self._pump_pending = True
+            self.loop.asyncio_loop.call_soon(self._pump_now)  # type: ignore[attr-defined]
+
+    def _pump_now(self) -> None:
+        self._pump_pending = False
         self._pump()
+
+    def _level_for(self, request: Request) -> int:
+        """The priority level `request` waits at: what it asked for (0 = the default), within what
+        its token allows (a token limited to level 2 asking for 1 is refused; asking for nothing,
+        it gets the default or its own highest, whichever is lower)."""
+        limits = self.spec.queue
+        asked, highest = request.priority, min(request.highest_priority, limits.priority_levels)
+        if asked > limits.priority_levels:
+            raise ServdError(
+                ErrorCode.BAD_REQUEST,
+                f"priority {asked} is not a level of endpoint {self.name!r}: queue.priority_levels="
+                f"{limits.priority_levels} (1 is the highest, 0 = the default)",
+            )
+        if asked == 0:
+            return max(limits.default_level, highest)
+        if asked < highest:
+            raise ServdError(
+                ErrorCode.BAD_REQUEST,
+                f"priority {asked} is above what this token may use: its highest level is {highest}",
+            )
+        return asked
+
+    def _deadline(self, request: Request, now: float) -> float | None:
+        """The earlier of queue.timeout_s and the request's own deadline_s, as a loop time."""
+        limits = [t for t in (self.spec.queue.timeout_s, request.deadline_s) if t is not None]
+        return now + min(limits) if limits else None
 
     def _admission_check(self, request: Request) -> None:
         if not self.accepting:
@@ -117,9 +170,13 @@ class Endpoint:
         where = "waiting in the queue" if request.state is State.QUEUED else "running"
         if request.state is State.QUEUED and self.queue.remove(request):
             self._schedule_broadcast()
-        self.finish(
-            request, Failed(ErrorCode.TIMEOUT, f"queue.timeout_s={self.spec.queue.timeout_s} passed while {where}")
+        timeout = self.spec.queue.timeout_s
+        limit = (
+            f"deadline_s={request.deadline_s}"
+            if request.deadline_s is not None and (timeout is None or request.deadline_s < timeout)
+            else f"queue.timeout_s={timeout}"
         )
+        self.finish(request, Failed(ErrorCode.TIMEOUT, f"{limit} passed while {where}"))
         if where == "running":
             self._abandon_unwanted()
 
@@ -161,9 +218,10 @@ class Endpoint:
         decision = batching.decide(
             len(self.queue),
             self.working_batch_size,
-            self.queue.oldest().admitted_at,
+            self.queue.oldest_admitted_at(),
             self.spec.batch.max_delay_ms / 1000,
             now,
+            run_when_idle=self.spec.batch.wait == "when_busy" and not self._batches,
         )
         if isinstance(decision, batching.WaitUntil):
             self._arm_wake(decision.when)
@@ -268,8 +326,12 @@ class Endpoint:
         self.metrics.ended(terminal.outcome)
         if isinstance(terminal, Completed):
             self.stats.record_completed(terminal.queue_s, terminal.run_s)
-            self.metrics.queue_seconds.observe(terminal.queue_s)
+            self.metrics.waited(request.priority, terminal.queue_s)
             self.metrics.run_seconds.observe(terminal.run_s)
+            if request.eta_s is not None:  # the estimator, judged: ETA given vs time it took
+                error = abs(self.loop.time() - request.admitted_at - request.eta_s)
+                self.stats.eta_errors.append(error)
+                self.metrics.eta_error.observe(error)
             self.log.info(
                 "request", endpoint=self.name, id=request.id, outcome="completed",
                 queue_s=round(terminal.queue_s, 6), run_s=round(terminal.run_s, 6), batch_size=terminal.batch_size,
@@ -342,7 +404,8 @@ class Endpoint:
         if spec.batch != self.spec.batch:  # an OOM-lowered size holds until batch: itself is edited
             self.working_batch_size = spec.batch.max_size if spec.batch else 1
         self.spec = spec
-        self.queue.limits = spec.queue
+        self.queue.reconfigure(spec.queue)
+        self._schedule_broadcast()  # a new order or levels re-sorted what waits
         self._validator = _validator(spec)
         self._pump()
 

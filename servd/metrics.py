@@ -66,13 +66,25 @@ METRICS = (
     MetricDef("queue_seconds", "servd_queue_seconds", Histogram, EP, "Time from admission to start, of completed requests.", WAIT_BUCKETS),
     MetricDef("run_seconds", "servd_run_seconds", Histogram, EP, "Duration of the call (batch) that served a completed request.", RUN_BUCKETS),
     MetricDef("batch_size", "servd_batch_size", Histogram, EP, "Requests per entrypoint call.", BATCH_BUCKETS),
+    MetricDef("admitted", "servd_admitted", Counter, (*EP, "priority"), "Admitted requests by priority level (1 = highest)."),
+    MetricDef("priority_queue_seconds", "servd_priority_queue_seconds", Histogram, (*EP, "priority"), "Time from admission to start, of completed requests, by priority level.", WAIT_BUCKETS),
+    MetricDef("eta_error", "servd_eta_error_seconds", Histogram, EP, "How far off the ETA given at admission was: |actual - predicted| time to completion, of completed requests.", WAIT_BUCKETS),
     MetricDef("reloads", "servd_reloads", Counter, ("result",), "Config reloads by result (applied, invalid, failed)."),
     MetricDef("generation", "servd_config_generation", Gauge, (), "Generation of the config being served (1 at start, +1 per applied reload)."),
     MetricDef("connections", "servd_connections", Gauge, (), "Open websocket connections."),
 )  # fmt: skip
 
 
-PER_REQUEST = ("requests", "queue_seconds", "run_seconds", "batch_size")  # kept by EndpointSeries
+# kept by EndpointSeries, under the same attribute names (counters: label value -> count)
+PER_REQUEST = (
+    "requests",
+    "queue_seconds",
+    "run_seconds",
+    "batch_size",
+    "admitted",
+    "priority_queue_seconds",
+    "eta_error",
+)
 
 
 class Metrics:
@@ -166,13 +178,28 @@ def _buckets_of(attr: str) -> tuple[float, ...]:
 class EndpointSeries:
     """One endpoint's per-request metrics (PER_REQUEST), written on the loop."""
 
-    outcomes: dict[str, int] = field(default_factory=dict)
+    requests: dict[str, int] = field(default_factory=dict)  # outcome -> count
+    admitted: dict[str, int] = field(default_factory=dict)  # priority level -> count
     queue_seconds: LoopHistogram = field(default_factory=lambda: LoopHistogram(_buckets_of("queue_seconds")))
     run_seconds: LoopHistogram = field(default_factory=lambda: LoopHistogram(_buckets_of("run_seconds")))
     batch_size: LoopHistogram = field(default_factory=lambda: LoopHistogram(_buckets_of("batch_size")))
+    priority_queue_seconds: dict[str, LoopHistogram] = field(default_factory=dict)  # priority level -> histogram
+    eta_error: LoopHistogram = field(default_factory=lambda: LoopHistogram(_buckets_of("eta_error")))
 
     def ended(self, outcome: str) -> None:
-        self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
+        self.requests[outcome] = self.requests.get(outcome, 0) + 1
+
+    def admitted_at(self, priority: int) -> None:
+        key = str(priority)
+        self.admitted[key] = self.admitted.get(key, 0) + 1
+
+    def waited(self, priority: int, queue_s: float) -> None:
+        self.queue_seconds.observe(queue_s)
+        key = str(priority)
+        histogram = self.priority_queue_seconds.get(key)
+        if histogram is None:
+            histogram = self.priority_queue_seconds[key] = LoopHistogram(_buckets_of("priority_queue_seconds"))
+        histogram.observe(queue_s)
 
 
 class _PerRequestCollector:
@@ -191,12 +218,17 @@ class _PerRequestCollector:
             if d.kind is Counter:
                 counter = CounterMetricFamily(d.name, d.help, labels=d.labels)
                 for name, series in self.series.items():
-                    for outcome, count in series.outcomes.items():
-                        counter.add_metric([name, outcome], count)
+                    counts: dict[str, int] = getattr(series, d.attr)
+                    for label, count in counts.items():
+                        counter.add_metric([name, label], count)
                 yield counter
                 continue
             histogram = HistogramMetricFamily(d.name, d.help, labels=d.labels)
             for name, series in self.series.items():
-                values: LoopHistogram = getattr(series, d.attr)
-                histogram.add_metric([name], values.buckets(), values.total)
+                values: LoopHistogram | dict[str, LoopHistogram] = getattr(series, d.attr)
+                if isinstance(values, LoopHistogram):
+                    histogram.add_metric([name], values.buckets(), values.total)
+                    continue
+                for label, by_label in values.items():
+                    histogram.add_metric([name, label], by_label.buckets(), by_label.total)
             yield histogram

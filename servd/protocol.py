@@ -28,6 +28,8 @@ class Submit:
     data: Any
     progress: bool
     size: int = field(default=0, compare=False)  # characters of the message: what checking `data` may cost
+    priority: int = 0  # 0 = the endpoint's default level
+    deadline_s: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -153,7 +155,29 @@ def _submit(message: dict[str, Any], request_id: str | int, text: str, max_depth
     problem = depth_problem(data, text, max_depth)
     if problem is not None:
         raise ProtocolError(problem, request_id)
-    return Submit(request_id, endpoint, data, progress, len(text))
+    try:
+        priority, deadline_s = scheduling(message)
+    except ValueError as exc:
+        raise ProtocolError(str(exc), request_id) from None
+    return Submit(request_id, endpoint, data, progress, len(text), priority, deadline_s)
+
+
+def scheduling(message: dict[str, Any]) -> tuple[int, float | None]:
+    """`priority` (an integer >= 0; 0 or absent = the endpoint's default) and `deadline_s` (seconds
+    > 0, or absent) of a websocket submit or an HTTP body; ValueError names what is wrong."""
+    priority = message.get("priority", 0)
+    if priority is None:
+        priority = 0
+    if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+        raise ValueError(
+            f"'priority' must be an integer >= 0 (1 is the highest level, 0 = the default), got {priority!r}"
+        )
+    deadline_s = message.get("deadline_s")
+    if deadline_s is not None and (
+        isinstance(deadline_s, bool) or not isinstance(deadline_s, (int, float)) or not deadline_s > 0
+    ):
+        raise ValueError(f"'deadline_s' must be a number of seconds > 0, got {deadline_s!r}")
+    return priority, None if deadline_s is None else float(deadline_s)
 
 
 def depth_problem(data: Any, raw: str | bytes, limit: int) -> str | None:

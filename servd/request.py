@@ -75,7 +75,11 @@ class Request:
     sink: Sink
     progress: bool = True
     size: int = 0  # characters the client sent for it; large data is checked off the loop (validation.py)
+    priority: int = 0  # as asked (0 = the endpoint's default); once admitted, the level it waits at
+    deadline_s: float | None = None  # the client's own deadline, tighter than queue.timeout_s
+    highest_priority: int = 1  # the highest level (smallest number) the client's token may ask for
     admitted_at: float = 0.0
+    eta_s: float | None = None  # the ETA given at admission, to measure the estimator by
     deadline: float | None = None
     state: State = State.QUEUED
     started_at: float = 0.0

@@ -19,10 +19,14 @@ def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
             "max_size": spec.queue.max_size,
             "timeout_s": spec.queue.timeout_s,
             "max_per_client": spec.queue.max_per_client,
+            "priority_levels": spec.queue.priority_levels,
+            "default_priority": spec.queue.default_level,
+            "order": spec.queue.order,
+            "admit": spec.queue.admit,
         },
         "batch": None
         if spec.batch is None
-        else {"max_size": spec.batch.max_size, "max_delay_ms": spec.batch.max_delay_ms},
+        else {"max_size": spec.batch.max_size, "max_delay_ms": spec.batch.max_delay_ms, "wait": spec.batch.wait},
         "api_open": spec.api_open,
         "input_schema": None if spec.input_schema is None else dict(spec.input_schema),
         "accepting": endpoint.accepting,
@@ -34,6 +38,7 @@ def _live_stats(endpoint: Endpoint) -> dict[str, Any]:
     stats = endpoint.stats
     return {
         "queued": len(endpoint.queue),
+        "queued_by_priority": endpoint.queue.depth_by_level(),
         "running": endpoint.running_count(),
         "workers": endpoint.calls_running(),  # on current and retired models alike
         "stuck": endpoint.stuck_count(),
@@ -47,4 +52,5 @@ def _live_stats(endpoint: Endpoint) -> dict[str, Any]:
         "latency_s": quantiles(stats.totals),
         "wait_s": quantiles(stats.waits),
         "run_s": quantiles(stats.runs),
+        "eta_error_s": quantiles(stats.eta_errors),
     }

@@ -61,12 +61,21 @@ class QueueSpec:
     max_size: int | None = None
     timeout_s: float | None = None
     max_per_client: int | None = None
+    priority_levels: int = 1
+    default_priority: int | None = None  # None = priority_levels, the lowest
+    order: str = "fifo"  # fifo | fair
+    admit: str = "always"  # always | predicted
+
+    @property
+    def default_level(self) -> int:
+        return self.default_priority or self.priority_levels
 
 
 @dataclass(frozen=True)
 class BatchSpec:
     max_size: int = 4
     max_delay_ms: float = 5.0
+    wait: str = "when_busy"  # when_busy | always
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,15 @@ def _cross_field_problems(data: dict[str, Any], located: Located) -> list[Proble
                     "raise server.max_threads or lower concurrency",
                 )
             )
+        queue = ep["queue"]
+        if queue["default_priority"] is not None and queue["default_priority"] > queue["priority_levels"]:
+            problems.append(
+                located.problem(
+                    ("endpoints", name, "queue", "default_priority"),
+                    f"{queue['default_priority']} is not a level: queue.priority_levels={queue['priority_levels']} "
+                    "(1 is the highest level, priority_levels the lowest)",
+                )
+            )
         if ep["input_schema"] is not None:
             try:
                 jsonschema.Draft202012Validator.check_schema(ep["input_schema"])
@@ -204,7 +222,9 @@ def _endpoint(name: str, ep: dict[str, Any]) -> EndpointSpec:
         devices=tuple(device) if isinstance(device, list) else (device,),
         concurrency=ep["concurrency"],
         queue=QueueSpec(**ep["queue"]),
-        batch=BatchSpec(max_size=batch["max_size"], max_delay_ms=float(batch["max_delay_ms"])) if batch else None,
+        batch=BatchSpec(max_size=batch["max_size"], max_delay_ms=float(batch["max_delay_ms"]), wait=batch["wait"])
+        if batch
+        else None,
         api_open=ep["api_open"],
         input_schema=MappingProxyType(ep["input_schema"]) if ep["input_schema"] is not None else None,
     )

@@ -19,6 +19,7 @@ class Stats:
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     runs: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     totals: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+    eta_errors: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # |actual - ETA|
 
     def record_batch(self, run_s: float) -> None:
         previous = self.batch_time_s

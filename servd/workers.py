@@ -55,7 +55,7 @@ class BatchResult:
 @dataclass(slots=True, eq=False)
 class Job:
     model: Model
-    inputs: list[Any]
+    inputs: list[Any]  # an `Unchecked` one is checked against its input_schema first (validation.py)
     batched: bool
     on_partial: Callable[[int, list[str]], None]  # (offset, JSON texts); called on the loop
     on_done: Callable[[BatchResult], None]  # called on the loop

@@ -6,8 +6,8 @@
         done = await ws.terminal(1)
 
 `serve` writes the YAML next to the tests' working directory, loads it exactly as `servd run`
-does (`load_checked`, then `servd.service.build` and `start` on a socket bound to 127.0.0.1:0). On exit it shuts the daemon
-down and fails the test if the daemon logged an unexpected error.
+does (`load_checked`, then `servd.service.build` and `start` on a socket bound to 127.0.0.1:0).
+On exit it shuts the daemon down and fails the test if the daemon logged an unexpected error.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.netutil import bind_sockets
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
-from servd.check import load_checked
 from servd import service
+from servd.check import load_checked
 from servd.daemon import Daemon
 from servd.service import Service
 

@@ -58,13 +58,13 @@ async def test_timing_batch_size_is_the_size_of_the_call(tmp_path):
 
 
 async def test_lone_request_runs_after_at_most_max_delay(tmp_path):
-    """A request with no company waits batch.max_delay_ms for more, then runs alone."""
+    """batch.wait: always: a request with no company waits batch.max_delay_ms for more, then runs alone."""
     config = """
     version: 1
     endpoints:
       batched:
         entrypoint: examples.echo:echo_batch
-        batch: {max_size: 8, max_delay_ms: 50}
+        batch: {max_size: 8, max_delay_ms: 50, wait: always}
     """
     async with serve(tmp_path, config) as d:
         ws = await d.ws()
@@ -80,6 +80,48 @@ async def test_lone_request_runs_after_at_most_max_delay(tmp_path):
         assert elapsed < 2.0  # ... but not much longer than max_delay_ms
 
 
+async def test_a_lone_request_to_an_idle_endpoint_runs_at_once_by_default(tmp_path):
+    """batch.wait: when_busy (the default): nothing running, nothing else queued, so no wait for
+    company that isn't coming; max_delay_ms (5 s here) is a ceiling, not a toll (#12)."""
+    config = """
+    version: 1
+    endpoints:
+      batched:
+        entrypoint: examples.echo:echo_batch
+        batch: {max_size: 8, max_delay_ms: 5000}
+    """
+    async with serve(tmp_path, config) as d:
+        ws = await d.ws()
+        for i in range(3):  # one after another: each finds the endpoint idle
+            await ws.submit(i, "batched", i)
+            done = await ws.terminal(i)
+            assert (done["data"], done["timing"]["batch_size"]) == (i, 1)
+            assert done["timing"]["queue_s"] < 2.5, "it did not wait out the 5 s max_delay_ms"
+
+
+async def test_under_when_busy_requests_that_wait_behind_a_call_still_form_a_batch(tmp_path):
+    """While a call runs, arrivals gather; when it ends they run together, without waiting out
+    max_delay_ms (the endpoint is idle again), so batches still fill under load (#12)."""
+    config = """
+    version: 1
+    endpoints:
+      sleepy:
+        entrypoint: examples.faults:sleep_batch
+        batch: {max_size: 8, max_delay_ms: 5000}
+    """
+    async with serve(tmp_path, config) as d:
+        ws = await d.ws()
+        await ws.submit("first", "sleepy", {"s": 0.5, "n": 0}, progress=True)
+        await ws.wait_for(lambda m: (m["type"], m.get("id")) == ("started", "first"))
+        for i in range(4):
+            await ws.submit(i, "sleepy", {"s": 0, "n": i}, progress=True)
+            await ws.wait_for(lambda m, i=i: (m["type"], m.get("id")) == ("queued", i))
+        ended = [await ws.terminal(i) for i in range(4)]
+        assert [e["timing"]["batch_size"] for e in ended] == [4, 4, 4, 4]
+        assert (await ws.terminal("first"))["timing"]["batch_size"] == 1
+        assert all(e["timing"]["queue_s"] < 4.5 for e in ended), "no 5 s wait for a fuller batch"
+
+
 async def test_full_batch_does_not_wait_for_max_delay(tmp_path):
     """batch.max_size requests arriving together run at once, without waiting out max_delay_ms."""
     config = """
@@ -87,7 +129,7 @@ async def test_full_batch_does_not_wait_for_max_delay(tmp_path):
     endpoints:
       batched:
         entrypoint: examples.echo:echo_batch
-        batch: {max_size: 4, max_delay_ms: 5000}
+        batch: {max_size: 4, max_delay_ms: 5000, wait: always}
     """
     async with serve(tmp_path, config) as d:
         ws = await d.ws()
@@ -132,7 +174,7 @@ async def test_one_poisoned_input_fails_alone(tmp_path):
     endpoints:
       picky:
         entrypoint: examples.faults:fail_on_odd_batch
-        batch: {max_size: 8, max_delay_ms: 5000}
+        batch: {max_size: 8, max_delay_ms: 5000, wait: always}
     """
     inputs = [0, 2, 4, 6, 8, 13, 10, 12]
     async with serve(tmp_path, config, expect_errors=True) as d:
@@ -156,7 +198,7 @@ async def test_after_isolation_timing_is_that_of_the_call_that_produced_each_res
     endpoints:
       picky:
         entrypoint: examples.faults:slow_fail_on_odd_batch
-        batch: {max_size: 8, max_delay_ms: 5000}
+        batch: {max_size: 8, max_delay_ms: 5000, wait: always}
     """
     async with serve(tmp_path, config, expect_errors=True) as d:
         ws = await d.ws()
@@ -178,7 +220,7 @@ async def test_wrong_length_result_fails_the_batch_saying_expected_and_got(tmp_p
     endpoints:
       short:
         entrypoint: examples.faults:wrong_length
-        batch: {max_size: 4, max_delay_ms: 5000}
+        batch: {max_size: 4, max_delay_ms: 5000, wait: always}
     """
     async with serve(tmp_path, config, expect_errors=True) as d:
         ws = await d.ws()
@@ -211,7 +253,7 @@ version: 1
 endpoints:
   oom:
     entrypoint: examples.faults:oom_above_4
-    batch: {max_size: 16, max_delay_ms: 2000}
+    batch: {max_size: 16, max_delay_ms: 2000, wait: always}
 """
 
 
@@ -278,7 +320,7 @@ async def test_a_model_that_fails_every_input_is_not_bisected_to_the_end(tmp_pat
     endpoints:
       broken:
         entrypoint: examples.faults:broken_batch
-        batch: {max_size: 8, max_delay_ms: 2000}
+        batch: {max_size: 8, max_delay_ms: 2000, wait: always}
     """
     async with serve(tmp_path, config, expect_errors=True) as d:
         ws = await d.ws()

@@ -79,7 +79,7 @@ async def test_batched_generator_streams_each_request_its_own_partials(tmp_path)
     endpoints:
       steps:
         entrypoint: examples.probes:steps_batch
-        batch: {max_size: 3, max_delay_ms: 5000}
+        batch: {max_size: 3, max_delay_ms: 5000, wait: always}
     """
     async with serve(tmp_path, config) as d:
         ws = await d.ws()

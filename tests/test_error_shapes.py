@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
 from servd.errors import ErrorCode
 from tests.harness import WAIT_S, Reply, serve
@@ -166,49 +167,72 @@ async def test_error_bodies_are_compact_like_success_bodies(tmp_path, method, pa
 # -- a chunked body past the limit ---------------------------------------------------------------
 
 
-async def post_chunked(port: int, path: str, total: int, chunk: int = 4096) -> tuple[int, dict[str, str], bytes]:
-    """POST `total` bytes with Transfer-Encoding: chunked, reading the answer while sending (as curl
-    and browsers do): a server may answer and stop reading before the body ends."""
+LIMIT = 65536
+CHUNKED = CONFIG.replace("max_message_bytes: 1024", f"max_message_bytes: {LIMIT}")
+
+
+async def post_chunked(port: int, path: str, total: int, chunk: int = 1024) -> tuple[int, dict[str, str], bytes]:
+    """POST a `total`-byte JSON body with Transfer-Encoding: chunked, as curl and browsers do: the
+    answer is read while sending, and sending stops once it has come (a server may answer before
+    the body ends)."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nTransfer-Encoding: chunked\r\n"
     writer.write((head + "Content-Type: application/json\r\n\r\n").encode())
+    answered = asyncio.Event()
 
     async def send_body() -> None:
-        piece = b"x" * chunk
-        try:
-            writer.write(b'%x\r\n{"data": "\r\n' % len(b'{"data": "'))
-            for _ in range(total // chunk):
-                writer.write(b"%x\r\n%s\r\n" % (chunk, piece))
-                await writer.drain()
-            writer.write(b'2\r\n"}\r\n0\r\n\r\n')
+        writer.write(b'a\r\n{"data": "\r\n')
+        for _ in range(total // chunk):
+            if answered.is_set():
+                return
+            writer.write(b"%x\r\n%s\r\n" % (chunk, b"x" * chunk))
             await writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the server answered and closed: what the reader is waiting for
+            await asyncio.sleep(0)  # one pass of the loop: the server (in this process) reads, the reader looks
+        writer.write(b'2\r\n"}\r\n0\r\n\r\n')
+        await writer.drain()
 
     sending = asyncio.ensure_future(send_body())
     try:
-        status_line, _, rest = (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)).partition(b"\r\n")
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT_S)
+        answered.set()
+        status_line, _, rest = answer.partition(b"\r\n")
         headers = dict(line.split(": ", 1) for line in rest.decode().strip().split("\r\n") if line)
         body = await asyncio.wait_for(reader.readexactly(int(headers.get("Content-Length", "0"))), WAIT_S)
     finally:
-        sending.cancel()
+        await sending
         writer.close()
     return int(status_line.split()[1]), headers, body
 
 
-@pytest.mark.parametrize("total", [64 * 1024, 1024 * 1024])
-async def test_a_chunked_body_far_over_max_message_bytes_is_413_too_large(tmp_path, total):
-    """A chunked body (no Content-Length) many times server.max_message_bytes (1024 here) gets 413
-    `too_large` naming the limit, as soon as it passes the limit. Regression: past twice the limit
-    Tornado's own body cap answered first, a 400 with an empty body (a 40 MiB body at the default
-    16 MiB limit)."""
-    async with serve(tmp_path, CONFIG) as d:
-        status, headers, body = await post_chunked(d.port, "/v1/endpoints/echo", total)
-        assert status == 413, (status, body)
-        reply = Reply(status, headers, body)
-        error = wire_error(reply)
+async def test_a_chunked_body_far_over_max_message_bytes_is_413_too_large(tmp_path):
+    """A 2.5 MiB chunked body (no Content-Length) at server.max_message_bytes=64 KiB gets 413
+    `too_large` naming the limit as soon as it passes the limit, while it is still being sent.
+    Regression: nothing was answered until the body ended, and past twice the limit Tornado's own
+    body cap answered first, a 400 with an empty body (a 40 MiB body at the default 16 MiB limit)."""
+    async with serve(tmp_path, CHUNKED) as d:
+        status, headers, body = await post_chunked(d.port, "/v1/endpoints/echo", 40 * LIMIT)
+        error = wire_error(Reply(status, headers, body))
         assert error["code"] == "too_large"
-        assert "max_message_bytes=1024" in error["message"]
+        assert f"max_message_bytes={LIMIT}" in error["message"]
         assert (await d.post("echo", "still serving")).json()["data"] == "still serving"
         outcomes = [e["outcome"] for e in d.log_events() if e.get("event") == "request"]
         assert outcomes == ["completed"], "the refused body was never admitted"
+
+
+async def test_a_chunked_body_over_the_limit_sent_whole_before_reading_still_gets_413(tmp_path):
+    """A client that sends its whole chunked body before reading (Tornado's, Python's http.client)
+    still gets the 413: the rest of the body is read and dropped, not cut off by a reset."""
+
+    async def produce(write: Any) -> None:
+        for _ in range(LIMIT // 1024 + 32):
+            await write(b"x" * 1024)
+
+    async with serve(tmp_path, CHUNKED) as d:
+        request = HTTPRequest(
+            d.url + "/v1/endpoints/echo", method="POST", body_producer=produce, request_timeout=WAIT_S
+        )
+        with pytest.raises(HTTPClientError) as refused:
+            await AsyncHTTPClient().fetch(request)
+        assert refused.value.response is not None
+        reply = Reply(refused.value.code, refused.value.response.headers, refused.value.response.body)
+        assert wire_error(reply)["code"] == "too_large"

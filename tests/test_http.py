@@ -329,13 +329,13 @@ async def test_sse_failure_arrives_as_an_error_event(tmp_path):
         assert "ValueError" in events[-1][1]["error"]["message"]
 
 
-async def test_sse_refusal_after_the_stream_began_arrives_as_an_error_event(tmp_path):
-    """Over SSE a request refused at admission (here invalid_input) gets a single error event."""
+async def test_sse_refusal_at_admission_is_a_plain_http_error(tmp_path):
+    """Over SSE a request refused at admission (here invalid_input) gets the plain 422 and JSON
+    error body, as without SSE: nothing had been sent (tests/test_error_shapes.py has the rule)."""
     async with serve(tmp_path, CONFIG) as d:
         reply = await d.http("POST", "/v1/endpoints/typed", {"data": {"n": "x"}}, SSE)
-        events = sse_events(reply)
-        assert [name for name, _ in events] == ["error"]
-        assert events[0][1]["error"]["code"] == "invalid_input"
+        assert reply.status == 422
+        assert error_of(reply)["code"] == "invalid_input"
 
 
 # -- operator endpoints ------------------------------------------------------------------------

@@ -12,9 +12,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from servd import validation
+from servd.entrypoints import Model
+from servd.workers import Job, execute
 from tests.harness import Running, WsClient, serve
 
 CONFIG = """
@@ -200,7 +203,7 @@ async def test_a_large_invalid_input_in_a_batch_fails_alone_and_the_model_never_
     endpoints:
       batched:
         entrypoint: examples.faults:fail_on_odd_batch
-        batch: {max_size: 4, max_delay_ms: 5000}
+        batch: {max_size: 4, max_delay_ms: 5000, wait: always}
         input_schema: {anyOf: [{type: integer}, {type: array, maxItems: 10}]}
     """
     large = list(range(validation.INLINE_BYTES))  # over INLINE_BYTES of JSON, and over maxItems
@@ -215,6 +218,30 @@ async def test_a_large_invalid_input_in_a_batch_fails_alone_and_the_model_never_
         assert [e["data"] for e in completed] == [{"value": v, "batch": 3} for v in (0, 2, 4)]
         assert [e["timing"]["batch_size"] for e in completed] == [3, 3, 3]
         assert terminal_count(ws) == dict.fromkeys(range(4), 1)
+
+
+def test_partials_of_a_batch_missing_an_invalid_input_reach_the_right_requests():
+    """A batched generator called without the input that failed its late check streams each
+    partial to the input it belongs to (positions in the job, not in the shorter call)."""
+
+    def doubles(items: list[int]) -> Iterator[list[int]]:
+        yield [2 * item for item in items]
+
+    check = validation.InputCheck({"type": "integer"})
+    job = Job(
+        model=Model(doubles, "cpu", streams=True),
+        inputs=[1, validation.Unchecked("two", check), 3],
+        batched=True,
+        on_partial=lambda offset, texts: None,
+        on_done=lambda result: None,
+        is_wanted=lambda: True,
+    )
+    emitted: list[tuple[int, list[str]]] = []
+    result = execute(job, lambda offset, texts: emitted.append((offset, texts)))
+    assert emitted == [(0, ["2"]), (2, ["6"])]
+    assert [o.data_json for o in result.outcomes] == ["2", None, "6"]
+    assert isinstance(result.outcomes[1].error, validation.InvalidInput)
+    assert [o.batch_size for o in result.outcomes] == [2, 0, 2]
 
 
 # -- results servd can't encode ---------------------------------------------------------------------

@@ -19,10 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 # -- tokens --------------------------------------------------------------------------------------
 
-TOKENS = (b"alpha-secret", b"beta-secret", b"gamma-secret")
+SECRETS = (b"alpha-secret", b"beta-secret", b"gamma-secret")
+TOKENS = tuple(auth.Token(secret) for secret in SECRETS)
 
 
-@pytest.mark.parametrize("token", TOKENS)
+@pytest.mark.parametrize("token", SECRETS)
 def test_every_listed_token_is_valid(token):
     """Each token in the file lets its bearer in."""
     assert auth.is_valid(token, TOKENS)
@@ -59,7 +60,7 @@ def test_the_check_compares_against_every_token_in_constant_time(monkeypatch, pr
     monkeypatch.setattr(auth.hmac, "compare_digest", counting)
     auth.is_valid(presented, TOKENS)
     # hashed first, so compare_digest never sees lengths that differ (which it leaks)
-    assert [known for _, known in calls] == [hashlib.sha256(t).digest() for t in TOKENS]
+    assert [known for _, known in calls] == [hashlib.sha256(t).digest() for t in SECRETS]
     assert all(given == hashlib.sha256(presented or b"").digest() for given, _ in calls)
 
 

@@ -8,7 +8,6 @@ functions (`write_wire_error`, `web_refusal`) for what they answer over plain HT
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +29,9 @@ def error_body(code: ErrorCode, message: str) -> str:
     return encode({"error": {"code": code.word, "message": message}})
 
 
-@functools.cache
 def allowed_methods(handler_class: type[RequestHandler]) -> str:
-    """The methods a route serves (those its handler implements): its Allow header and preflight answer."""
+    """The methods a route serves (those its handler implements): its Allow header and preflight
+    answer. Not cached: only a 405 or an OPTIONS asks."""
     unimplemented = RequestHandler._unimplemented_method
     return ", ".join(m for m in METHODS if getattr(handler_class, m.lower()) is not unimplemented)
 
@@ -142,4 +141,6 @@ class NotFound(JSONHandler):
     def prepare(self) -> None:
         super().prepare()
         if not self._finished:
-            self.send_error_code(ServdError(ErrorCode.NOT_FOUND, f"no route {self.request.path} (see the README's API)"))
+            self.send_error_code(
+                ServdError(ErrorCode.NOT_FOUND, f"no route {self.request.path} (see the README's API)")
+            )

@@ -15,7 +15,7 @@ from tornado.web import stream_request_body
 
 from servd import auth, protocol
 from servd.errors import ErrorCode, ServdError
-from servd.handlers.base import JSONHandler
+from servd.handlers.base import JSONHandler, error_body
 from servd.request import Completed, Request, Terminal
 from servd.snapshot import endpoint_snapshot
 
@@ -25,6 +25,7 @@ class EndpointHTTP(JSONHandler):
     def initialize(self, daemon: Any) -> None:
         super().initialize(daemon)
         self.body = bytearray()
+        self.too_large = False  # answered 413 while the body was still arriving
         self.request_record: Request | None = None
         self.outcome: asyncio.Future[Terminal] | None = None
         self.streaming = False
@@ -39,16 +40,29 @@ class EndpointHTTP(JSONHandler):
             self._refuse(ServdError(ErrorCode.TOO_LARGE, f"body is {declared} bytes; server.max_message_bytes={limit}"))
 
     def data_received(self, chunk: bytes) -> None:
-        """A body without Content-Length (chunked) is refused the moment it grows past the limit, as
-        a declared one is: 413 at once, and Tornado closes the connection rather than read the rest
-        (past twice the limit it would otherwise answer a bare 400 itself)."""
+        if self.too_large or self.request.method != "POST":  # only a POST's body is read
+            return
         limit = self.daemon.spec.server.max_message_bytes
         if len(self.body) + len(chunk) > limit:
             self.body = bytearray()
-            error = ServdError(ErrorCode.TOO_LARGE, f"body is over {limit} bytes; server.max_message_bytes={limit}")
-            self._refuse(error, self.path_kwargs.get("name"))
+            self._answer_too_large(limit)
             return
         self.body += chunk
+
+    def _answer_too_large(self, limit: int) -> None:
+        """A body without Content-Length (chunked) that grows past the limit: the whole 413 goes out
+        at once, so a client that reads while it sends (curl, browsers) stops; the rest is read and
+        dropped, since closing on unread data resets the connection, which can lose the answer.
+        The request ends when the body does (`post`); past twice the limit Tornado closes anyway."""
+        self.too_large = True
+        error = ServdError(ErrorCode.TOO_LARGE, f"body is over {limit} bytes; server.max_message_bytes={limit}")
+        self.daemon.note_rejected(self.path_kwargs.get("name"), error)
+        body = error_body(error.code, error.message).encode()
+        self.set_status(error.code.http_status)
+        self.set_header("Content-Length", len(body))
+        self.set_header("Connection", "close")
+        self.write(body)
+        self.flush()
 
     def get(self, name: str) -> None:
         """One endpoint's effective config and live stats."""
@@ -60,6 +74,8 @@ class EndpointHTTP(JSONHandler):
         self.send_json(endpoint_snapshot(endpoint))
 
     async def post(self, name: str) -> None:
+        if self.too_large:  # answered already; the body it was still reading has ended
+            self.finish()
         if self._finished:
             return
         try:
@@ -74,11 +90,14 @@ class EndpointHTTP(JSONHandler):
         endpoint = self.daemon.endpoint(name)
         if not endpoint.spec.api_open:
             raise ServdError(ErrorCode.API_CLOSED, f"endpoint {name!r} has api_open: false; use its websocket queue")
-        data = self._data()
+        body = self._body()
         self.streaming = "text/event-stream" in self.request.headers.get("Accept", "")
         self.outcome = asyncio.get_running_loop().create_future()
         client = auth.client_key(self.request, token)
-        request = Request(self.daemon.next_http_id(), client, data, self, progress=self.streaming, size=len(self.body))
+        request = Request(self.daemon.next_http_id(), client, body["data"], self, progress=self.streaming)
+        request.size = len(self.body)
+        request.priority, request.deadline_s = self._scheduling(body)
+        request.highest_priority = auth.highest_priority(token, self.daemon.tokens)
         # a refusal raises here, before anything is sent: over SSE too it is a plain status and JSON
         # body; only what happens after admission arrives as events (with the request's id)
         self.daemon.admit(name, request)
@@ -86,7 +105,13 @@ class EndpointHTTP(JSONHandler):
             self._start_stream()
         return request
 
-    def _data(self) -> Any:
+    def _scheduling(self, body: dict[str, Any]) -> tuple[int, float | None]:
+        try:
+            return protocol.scheduling(body)
+        except ValueError as exc:
+            raise ServdError(ErrorCode.BAD_REQUEST, str(exc)) from None
+
+    def _body(self) -> dict[str, Any]:
         raw = bytes(self.body) or b"null"
         try:
             body = protocol.loads(raw)
@@ -97,7 +122,7 @@ class EndpointHTTP(JSONHandler):
         too_deep = protocol.depth_problem(body["data"], raw, self.daemon.spec.server.max_depth)
         if too_deep is not None:
             raise ServdError(ErrorCode.BAD_REQUEST, too_deep)
-        return body["data"]
+        return body
 
     def _refuse(self, error: ServdError, name: str | None = None) -> None:
         self.daemon.note_rejected(name, error)

@@ -33,6 +33,7 @@ class QueueSocket(WebSocketHandler):
         self.fixed_endpoint: str | None = None
         self.in_flight: dict[str | int, Request] = {}
         self.client = ""
+        self.highest_priority = 1  # what the connection's token allows (tokens_file), settled at the handshake
         self.gone = False
         self.direct_send: bool | None = None
 
@@ -63,6 +64,7 @@ class QueueSocket(WebSocketHandler):
             return self._refuse(ErrorCode.UNAVAILABLE, "the daemon is shutting down")
         self.fixed_endpoint = name
         self.client = auth.client_key(self.request, token)
+        self.highest_priority = auth.highest_priority(token, self.daemon.tokens)
         await super().get(*args, **kwargs)
 
     def _refuse(self, code: ErrorCode, message: str) -> None:
@@ -126,6 +128,8 @@ class QueueSocket(WebSocketHandler):
             self._reject(submit.id, ErrorCode.BAD_REQUEST, message, name)
             return
         request = Request(submit.id, self.client, submit.data, self, progress=submit.progress, size=submit.size)
+        request.priority, request.deadline_s = submit.priority, submit.deadline_s
+        request.highest_priority = self.highest_priority
         self.in_flight[submit.id] = request
         try:
             self.daemon.admit(name, request)
