@@ -42,13 +42,13 @@ def inputs(count: int, seed: int = 0) -> list[str]:
     return [json.dumps([round(rng.uniform(-1, 1), 4) for _ in range(256)]) for _ in range(count)]
 
 
-def endpoint_yaml(device: str = "cpu") -> str:
+def endpoint_yaml(device: str = "cpu", wait: str = "when_busy") -> str:
     return (
         "  mlp:\n"
         "    entrypoint: examples.mlp:MLP\n"
         f"    device: {device}\n"
         "    concurrency: 1\n"
-        f"    batch: {{max_size: {BATCH}, max_delay_ms: {MAX_DELAY_MS}}}\n"
+        f"    batch: {{max_size: {BATCH}, max_delay_ms: {MAX_DELAY_MS}, wait: {wait}}}\n"
     )
 
 
@@ -136,6 +136,7 @@ def run(
     compare: tuple[tuple[str, Path], ...] = (),
     device: str = "cpu",
     rounds: int = 1,
+    batch_waits: tuple[str, ...] = ("when_busy",),
 ) -> dict[str, Any]:
     info = common.machine_info()
     common.pin_self(common.CLIENT_CORE)
@@ -146,9 +147,11 @@ def run(
     workload = common.servd_workload("mlp", json.loads(inputs(1)[0]))
     every: dict[str, dict[int, list[dict[str, Any]]]] = {}
     with common.workdir() as work, common.servers() as running:
-        config = common.servd_config(endpoint_yaml(device), log_level="warning", torch_threads=1)
-        for label, root in [("servd", common.ROOT), *compare]:
-            running.append(common.start_servd(label, config, work, root=root))
+        for wait in batch_waits:  # more than one: side by side, each point measured on each in turn
+            config = common.servd_config(endpoint_yaml(device, wait), log_level="warning", torch_threads=1)
+            suffix = "" if len(batch_waits) == 1 else f" wait={wait}"
+            for label, root in [("servd", common.ROOT), *compare]:
+                running.append(common.start_servd(label + suffix, config, work, root=root))
         for round_ in range(rounds):
             rows: list[dict[str, Any]] = []
             for n in clients:
@@ -178,7 +181,7 @@ def run(
             "clients": list(clients),
             "warmup_s": warmup_s,
             "duration_s": duration_s,
-            "batch": {"max_size": BATCH, "max_delay_ms": MAX_DELAY_MS},
+            "batch": {"max_size": BATCH, "max_delay_ms": MAX_DELAY_MS, "wait": list(batch_waits)},
             "concurrency": 1,
             "torch_threads": 1,
             "device": device,
@@ -282,10 +285,15 @@ def print_report(result: dict[str, Any]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_load_arguments(parser)
     parser.add_argument("--device", default="cpu", help="where the model runs, in servd and in-process (cpu, cuda)")
+    parser.add_argument(
+        "--batch-wait",
+        default="when_busy",
+        help="batch.wait of the served endpoint; 'always,when_busy' measures both side by side",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return run(**common.load_settings(args), device=args.device)
+    return run(**common.load_settings(args), device=args.device, batch_waits=tuple(args.batch_wait.split(",")))
 
 
 def main(argv: list[str] | None = None) -> int:

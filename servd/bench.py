@@ -9,6 +9,10 @@ the numbers include this process competing with the server for cores: pin them a
 "lost" counts requests that got no answer at all while their connection stayed open, when the
 run ended plus a grace period: servd promises every admitted request one terminal message,
 so anything but 0 is a bug. A dropped connection is counted as the error `connection_lost`.
+
+`--priority P` sends every request at level P, `--priority-mix 1:0.2,3:0.8` draws each request's
+level at random with those weights, and `--deadline-s S` gives each request its own deadline;
+the results are then also split by level. What is printed lives in servd.bench_report.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
+import random
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -25,7 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from servd.bench_report import failures, summary_text, table_text
 from servd.client._http import Pool, Target
+from servd.client.aio import scheduling_fields
 from servd.client.errors import ConnectFailed, ServdError, error_from_body
 
 CONNECT_CHUNK = 32  # connections opened at once, to stay under the server's listen backlog
@@ -51,6 +59,31 @@ class Options:
     drain_s: float = 30.0
     connect_timeout_s: float = 10.0
     progress: bool = False
+    priorities: tuple[tuple[int, float], ...] = ()  # (level, weight); () sends no priority
+    deadline_s: float | None = None
+
+    @property
+    def title(self) -> str:
+        return f"servd bench {self.url} endpoint={self.endpoint} transport={self.transport}"
+
+    def fields(self) -> dict[int | None, str]:
+        """Each level's scheduling members as JSON text (None: no priority sent)."""
+        levels: list[int | None] = [level for level, _ in self.priorities] or [None]
+        return {level: scheduling_fields(level, self.deadline_s) for level in levels}
+
+
+class Picker:
+    """Each request's level: the one given, or drawn with the mix's weights (seeded per client)."""
+
+    def __init__(self, priorities: tuple[tuple[int, float], ...], seed: int) -> None:
+        self.levels: list[int | None] = [level for level, _ in priorities] or [None]
+        self.weights = [weight for _, weight in priorities] or [1.0]
+        self.rng = random.Random(seed)
+
+    def next(self) -> int | None:
+        if len(self.levels) == 1:
+            return self.levels[0]
+        return self.rng.choices(self.levels, self.weights)[0]
 
 
 @dataclass
@@ -64,6 +97,15 @@ class Recorder:
     errors: Counter[str] = field(default_factory=Counter)
     sent: int = 0
     last_end: float = 0.0
+    by_priority: dict[int, Recorder] = field(default_factory=dict)  # only when priorities are sent
+
+    def part(self, priority: int | None) -> Recorder | None:
+        """The recorder of one priority level (None when the run sends none)."""
+        if priority is None:
+            return None
+        if priority not in self.by_priority:
+            self.by_priority[priority] = Recorder()
+        return self.by_priority[priority]
 
     def record(self, code: str, timing: dict[str, Any] | None, sent_at: float, ended_at: float) -> None:
         self.last_end = max(self.last_end, ended_at)
@@ -81,10 +123,10 @@ class Recorder:
 
 
 class WsChannel:
-    def __init__(self, conn: Any, endpoint: str, data_json: str) -> None:
+    def __init__(self, conn: Any, options: Options) -> None:
         self.conn = conn
-        self.prefix = f'{{"type":"submit","endpoint":{json.dumps(endpoint)},"progress":false,"id":'
-        self.suffix = f',"data":{data_json}}}'
+        self.prefix = f'{{"type":"submit","endpoint":{json.dumps(options.endpoint)},"progress":false,"id":'
+        self.suffixes = {level: f',"data":{options.data_json}{fields}}}' for level, fields in options.fields().items()}
         self.next_id = 0
 
     @classmethod
@@ -104,15 +146,15 @@ class WsChannel:
             raise _refusal(url, exc) from None
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {url}: {exc}") from None
-        return cls(conn, options.endpoint, options.data_json)
+        return cls(conn, options)
 
-    async def call(self) -> tuple[str, dict[str, Any] | None]:
+    async def call(self, priority: int | None = None) -> tuple[str, dict[str, Any] | None]:
         from tornado.websocket import WebSocketClosedError
 
         self.next_id += 1
         request_id = self.next_id
         try:
-            await self.conn.write_message(f"{self.prefix}{request_id}{self.suffix}")
+            await self.conn.write_message(f"{self.prefix}{request_id}{self.suffixes[priority]}")
         except WebSocketClosedError:
             raise Lost from None
         while True:
@@ -135,7 +177,9 @@ class HttpChannel:
         target = Target.parse(options.url)
         self.pool = Pool(target, options.connect_timeout_s)
         self.path = target.endpoint_path(options.endpoint)
-        self.body = f'{{"data":{options.data_json}}}'.encode()
+        self.bodies = {
+            level: f'{{"data":{options.data_json}{fields}}}'.encode() for level, fields in options.fields().items()
+        }
         self.headers = {"Host": target.netloc, "Content-Type": "application/json"}
         if options.token:
             self.headers["Authorization"] = f"Bearer {options.token}"
@@ -144,9 +188,9 @@ class HttpChannel:
     async def open(cls, options: Options) -> HttpChannel:
         return cls(options)
 
-    async def call(self) -> tuple[str, dict[str, Any] | None]:
+    async def call(self, priority: int | None = None) -> tuple[str, dict[str, Any] | None]:
         try:
-            response = await self.pool.request("POST", self.path, self.headers, self.body)
+            response = await self.pool.request("POST", self.path, self.headers, self.bodies[priority])
             body = await response.read()
         except (OSError, asyncio.IncompleteReadError) as exc:
             if isinstance(exc, ConnectionRefusedError):
@@ -191,20 +235,27 @@ class Level:
 
     async def worker(self, channels: list[Channel], index: int) -> None:
         loop = asyncio.get_running_loop()
+        picker = Picker(self.options.priorities, seed=index)
         while self.keep_going(sent_at := loop.time()):
+            priority = picker.next()
+            part = self.recorder.part(priority)
             measured = sent_at >= self.measure_from
             if measured:
                 self.tickets -= 1
                 self.recorder.sent += 1
+                if part is not None:
+                    part.sent += 1
             self.in_flight += 1
             try:
-                code, timing = await channels[index].call()
+                code, timing = await channels[index].call(priority)
             except Lost:
                 code, timing = "connection_lost", None
             finally:
                 self.in_flight -= 1
             if measured:
                 self.recorder.record(code, timing, sent_at, loop.time())
+                if part is not None:
+                    part.record(code, timing, sent_at, loop.time())
             if code == "connection_lost":
                 channels[index].close()
                 channels[index] = await _open(self.options)
@@ -292,10 +343,12 @@ def _percentiles(values: list[float]) -> dict[str, float | None]:
 
 
 def summarize(level: Level, lost: int) -> dict[str, Any]:
+    """The level's JSON-ready summary; `by_priority` (level "0" = the endpoint's default) only
+    when the run sent priorities."""
     rec = level.recorder
     elapsed = max(rec.last_end - level.measure_from, 0.0)
     completed = len(rec.totals)
-    return {
+    summary = {
         "clients": level.clients,
         "sent": rec.sent,
         "completed": completed,
@@ -303,76 +356,29 @@ def summarize(level: Level, lost: int) -> dict[str, Any]:
         "lost": lost,
         "elapsed_s": round(elapsed, 4),
         "throughput_rps": round(completed / elapsed, 2) if elapsed > 0 else 0.0,
-        "latency_s": {
-            "total": _percentiles(rec.totals),
-            "queue": _percentiles(rec.queues),
-            "run": _percentiles(rec.runs),
-        },
+        "latency_s": _latencies(rec),
         "batch_sizes": {str(size): count for size, count in sorted(rec.batches.items())},
     }
+    if level.options.priorities:
+        summary["by_priority"] = {
+            str(priority): {
+                "sent": part.sent,
+                "completed": len(part.totals),
+                "errors": dict(sorted(part.errors.items())),
+                "latency_s": _latencies(part),
+            }
+            for priority, part in sorted(rec.by_priority.items())
+        }
+    return summary
+
+
+def _latencies(rec: Recorder) -> dict[str, dict[str, float | None]]:
+    return {"total": _percentiles(rec.totals), "queue": _percentiles(rec.queues), "run": _percentiles(rec.runs)}
 
 
 async def run(options: Options) -> list[dict[str, Any]]:
     """Every level of the sweep, one after the other."""
     return [await run_level(options, clients) for clients in options.clients]
-
-
-# -- output ------------------------------------------------------------------------------------
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value * 1000:.2f}"
-
-
-def _errors_text(errors: dict[str, int]) -> str:
-    return ", ".join(f"{code} {count}" for code, count in errors.items()) or "none"
-
-
-def _batch_mean(batches: dict[str, int]) -> str:
-    count = sum(batches.values())
-    return f"{sum(int(size) * n for size, n in batches.items()) / count:.2f}" if count else "-"
-
-
-def summary_text(options: Options, level: dict[str, Any]) -> str:
-    """One level in full: counts, throughput, latency split, batch histogram, errors by code."""
-    lat = level["latency_s"]
-    lines = [
-        f"servd bench {options.url} endpoint={options.endpoint} transport={options.transport} "
-        f"clients={level['clients']} warm-up={options.warmup_s}s",
-        f"requests     {level['sent']} sent, {level['completed']} completed, "
-        f"{sum(level['errors'].values())} errors, {level['lost']} lost",
-        f"throughput   {level['throughput_rps']:.1f} req/s over {level['elapsed_s']:.2f} s",
-        f"latency ms   {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}",
-    ]
-    for label, key in (("total", "total"), ("queue wait", "queue"), ("run", "run")):
-        row = lat[key]
-        lines.append(
-            f"  {label:<11}{_ms(row['p50']):>9} {_ms(row['p90']):>9} {_ms(row['p99']):>9} {_ms(row['max']):>9}"
-        )
-    done = max(1, level["completed"])
-    batches = "  ".join(f"{size}: {n} ({100 * n / done:.0f}%)" for size, n in level["batch_sizes"].items())
-    lines.append(f"batch sizes  {batches or '-'}")
-    lines.append(f"errors       {_errors_text(level['errors'])}")
-    return "\n".join(lines)
-
-
-def table_text(options: Options, levels: list[dict[str, Any]]) -> str:
-    """A sweep: one row per number of clients."""
-    head = (
-        f"{'clients':>7} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-        f"{'wait p50':>8} {'run p50':>8} {'batch':>6} {'errors':>7} {'lost':>5}"
-    )
-    rows = [f"servd bench {options.url} endpoint={options.endpoint} transport={options.transport}", head]
-    for level in levels:
-        total, lat = level["latency_s"]["total"], level["latency_s"]
-        rows.append(
-            f"{level['clients']:>7} {level['throughput_rps']:>9.1f} {_ms(total['p50']):>8} {_ms(total['p90']):>8} "
-            f"{_ms(total['p99']):>8} {_ms(total['max']):>8} {_ms(lat['queue']['p50']):>8} "
-            f"{_ms(lat['run']['p50']):>8} {_batch_mean(level['batch_sizes']):>6} "
-            f"{sum(level['errors'].values()):>7} {level['lost']:>5}"
-        )
-    errors = [f"  {level['clients']} clients: {_errors_text(level['errors'])}" for level in levels if level["errors"]]
-    return "\n".join(rows + (["errors by code:", *errors] if errors else []))
 
 
 # -- command line ------------------------------------------------------------------------------
@@ -402,6 +408,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first (default 1)")
     parser.add_argument("--token", default=os.environ.get("SERVD_TOKEN"), help="bearer token (default $SERVD_TOKEN)")
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for answers at the end (default 30)")
+    levels = parser.add_mutually_exclusive_group()
+    levels.add_argument("--priority", type=int, help="send every request at this priority level (1 = highest)")
+    levels.add_argument(
+        "--priority-mix",
+        metavar="LEVEL:WEIGHT,...",
+        help="draw each request's level with these weights, e.g. 1:0.2,3:0.8 (a fifth at level 1); "
+        "results are split by level",
+    )
+    parser.add_argument("--deadline-s", type=float, help="each request's own deadline in seconds (deadline_s)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
 
@@ -426,7 +441,41 @@ def options_from(args: argparse.Namespace) -> Options:
         url=args.url, endpoint=args.endpoint, clients=clients, duration_s=args.duration, requests=args.requests,
         data_json=data_json, transport=args.transport, warmup_s=args.warmup, token=args.token or None,
         drain_s=args.drain, progress=not args.no_progress and sys.stderr.isatty(),
+        priorities=_priorities(args.priority, args.priority_mix), deadline_s=_deadline(args.deadline_s),
     )  # fmt: skip
+
+
+def _priorities(priority: int | None, mix: str | None) -> tuple[tuple[int, float], ...]:
+    if priority is not None:
+        if priority < 0:
+            raise ValueError(f"--priority must be 0 (the default level) or more, got {priority}")
+        return ((priority, 1.0),)
+    return () if mix is None else parse_priority_mix(mix)
+
+
+def parse_priority_mix(text: str) -> tuple[tuple[int, float], ...]:
+    """ "1:0.2,3:0.8" -> ((1, 0.2), (3, 0.8)); ValueError naming the syntax. Weights needn't add
+    up to 1 (1:1,3:4 is the same mix); a level may appear once; 0 is the endpoint's default."""
+    mix: dict[int, float] = {}
+    for part in text.split(","):
+        level, _, weight = part.strip().partition(":")
+        try:
+            pair = int(level), float(weight)
+        except ValueError:
+            pair = (-1, 0.0)
+        if pair[0] < 0 or not math.isfinite(pair[1]) or pair[1] <= 0 or pair[0] in mix:
+            raise ValueError(
+                f"--priority-mix must be LEVEL:WEIGHT pairs separated by commas, each level once, levels >= 0 "
+                f"and weights > 0 (e.g. 1:0.2,3:0.8), got {text!r}"
+            )
+        mix[pair[0]] = pair[1]
+    return tuple(mix.items())
+
+
+def _deadline(deadline_s: float | None) -> float | None:
+    if deadline_s is not None and not (math.isfinite(deadline_s) and deadline_s > 0):
+        raise ValueError(f"--deadline-s must be a number of seconds > 0, got {deadline_s}")
+    return deadline_s
 
 
 def main(args: argparse.Namespace) -> int:
@@ -445,34 +494,16 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         header = {"url": options.url, "endpoint": options.endpoint, "transport": options.transport}
         run_info = {"duration_s": options.duration_s, "warmup_s": options.warmup_s, "requests": options.requests}
-        print(json.dumps({**header, **run_info, "levels": levels}, indent=2))
+        scheduling = {"priorities": dict(options.priorities) or None, "deadline_s": options.deadline_s}
+        print(json.dumps({**header, **run_info, **scheduling, "levels": levels}, indent=2))
     elif len(levels) == 1:
-        print(summary_text(options, levels[0]))
+        print(summary_text(options.title, options.warmup_s, levels[0]))
     else:
-        print(table_text(options, levels))
+        print(table_text(options.title, levels))
     problems = failures(levels)
     for problem in problems:
         print(f"servd bench: {problem}", file=sys.stderr)
     return 1 if problems else 0
-
-
-def failures(levels: list[dict[str, Any]]) -> list[str]:
-    """Why the run failed, one line per level that failed; none when it passed.
-
-    A level fails when a request was lost or when no measured request completed: then the
-    numbers measure nothing (a wrong endpoint, a token refused, a model that always raises).
-    Some errors among completions do not fail the run: queue_full, timeout and the like are
-    how a server answers overload, which is what a load test is there to see.
-    """
-    problems = []
-    for level in levels:
-        where = f"at {level['clients']} client{'s' if level['clients'] != 1 else ''}"
-        if level["lost"]:
-            problems.append(f"{level['lost']} request(s) lost {where}: no answer while the connection stayed open")
-        if not level["completed"]:
-            seen = f"all {level['sent']} failed ({_errors_text(level['errors'])})" if level["sent"] else "none sent"
-            problems.append(f"no request completed {where}: {seen}")
-    return problems
 
 
 def cli(argv: Sequence[str] | None = None) -> int:

@@ -163,6 +163,11 @@ def response_finished(handler: RequestHandler) -> bool:
     return bool(handler._finished)
 
 
+def implements(handler_class: type[RequestHandler], method: str) -> bool:
+    """Whether a handler class serves `method` ("get", "post", ...) rather than Tornado's 405 stub."""
+    return getattr(handler_class, method) is not RequestHandler._unimplemented_method
+
+
 def reason(handler: RequestHandler) -> str:
     """The reason phrase Tornado set with the status (e.g. "Method Not Allowed")."""
     return str(handler._reason)
@@ -179,6 +184,7 @@ def labelled_children(metric: MetricWrapperBase) -> Iterable[tuple[str, ...]]:
 # -- the check -----------------------------------------------------------------------------
 
 REQUIRED: tuple[tuple[str, Any, str], ...] = (
+    ("tornado", RequestHandler, "_unimplemented_method"),
     ("tornado", WebSocketProtocol13, "_read_bytes"),
     ("tornado", WebSocketProtocol13, "_write_frame"),
     ("tornado", HTTPServer, "_handle_connection"),

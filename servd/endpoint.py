@@ -16,7 +16,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
-from servd import batching, protocol
+from servd import admission, batching, protocol
 from servd.entrypoints import Model
 from servd.errors import ErrorCode, ServdError
 from servd.failures import clip, log_safely, safe_str
@@ -81,28 +81,27 @@ class Endpoint:
 
     def submit(self, request: Request) -> None:
         """Admit `request` or raise ServdError (nothing is queued then)."""
-        request.priority = self._level_for(request)
+        limits = self.spec.queue
+        request.priority = admission.level_for(request.priority, request.highest_priority, limits, self.name)
         self._admission_check(request)
         now = self.loop.time()
-        deadline = self._deadline(request, now)
-        rank = self.queue.rank_if_pushed(request.client, request.priority)
-        eta = batching.eta(rank, self.working_batch_size, self._slot_remaining(now), self.stats.batch_time_s)
-        if self.spec.queue.admit == "predicted" and deadline is not None and eta is not None and now + eta > deadline:
-            raise ServdError(
-                ErrorCode.QUEUE_FULL,
-                f"predicted to finish in {eta:.3f} s (rank {rank}), past its deadline in {deadline - now:.3f} s; "
-                "queue.admit=predicted refuses what can't finish in time: retry later",
-            )
+        due = admission.deadline(limits, request.deadline_s, now)
+        eta = rank = None
+        if request.progress or limits.admit == "predicted":  # the ETA costs a little: only when used
+            rank = self.queue.rank_if_pushed(request.client, request.priority)
+            eta = batching.eta(rank, self.working_batch_size, self._slot_remaining(now), self.stats.batch_time_s)
+            if limits.admit == "predicted" and (refusal := admission.doomed(eta, rank, now, due)) is not None:
+                raise refusal
         request.admitted_at = now
         request.owner = self
-        request.eta_s = eta
-        if deadline is not None:
-            request.deadline = deadline
-            request.timer = self.loop.call_at(deadline, self._expire, request)
+        request.eta_s = eta if request.progress else None  # judged only where a client was told it
+        if due is not None:
+            request.deadline = due
+            request.timer = self.loop.call_at(due, self._expire, request)
         request.last_rank = self.queue.push(request)
         self.metrics.admitted_at(request.priority)
         if request.progress:
-            request.sink.send(request, protocol.queued(request.id, rank, len(self.queue), eta))
+            request.sink.send(request, protocol.queued(request.id, request.last_rank, len(self.queue), eta))
         if self.queue.pushes_back_others(request.priority):
             self._schedule_broadcast()
         if self.spec.batch is not None and self.spec.batch.wait == "when_busy" and not self._batches:
@@ -120,32 +119,6 @@ class Endpoint:
     def _pump_now(self) -> None:
         self._pump_pending = False
         self._pump()
-
-    def _level_for(self, request: Request) -> int:
-        """The priority level `request` waits at: what it asked for (0 = the default), within what
-        its token allows (a token limited to level 2 asking for 1 is refused; asking for nothing,
-        it gets the default or its own highest, whichever is lower)."""
-        limits = self.spec.queue
-        asked, highest = request.priority, min(request.highest_priority, limits.priority_levels)
-        if asked > limits.priority_levels:
-            raise ServdError(
-                ErrorCode.BAD_REQUEST,
-                f"priority {asked} is not a level of endpoint {self.name!r}: queue.priority_levels="
-                f"{limits.priority_levels} (1 is the highest, 0 = the default)",
-            )
-        if asked == 0:
-            return max(limits.default_level, highest)
-        if asked < highest:
-            raise ServdError(
-                ErrorCode.BAD_REQUEST,
-                f"priority {asked} is above what this token may use: its highest level is {highest}",
-            )
-        return asked
-
-    def _deadline(self, request: Request, now: float) -> float | None:
-        """The earlier of queue.timeout_s and the request's own deadline_s, as a loop time."""
-        limits = [t for t in (self.spec.queue.timeout_s, request.deadline_s) if t is not None]
-        return now + min(limits) if limits else None
 
     def _admission_check(self, request: Request) -> None:
         if not self.accepting:
@@ -170,12 +143,7 @@ class Endpoint:
         where = "waiting in the queue" if request.state is State.QUEUED else "running"
         if request.state is State.QUEUED and self.queue.remove(request):
             self._schedule_broadcast()
-        timeout = self.spec.queue.timeout_s
-        limit = (
-            f"deadline_s={request.deadline_s}"
-            if request.deadline_s is not None and (timeout is None or request.deadline_s < timeout)
-            else f"queue.timeout_s={timeout}"
-        )
+        limit = admission.deadline_setting(self.spec.queue, request.deadline_s)
         self.finish(request, Failed(ErrorCode.TIMEOUT, f"{limit} passed while {where}"))
         if where == "running":
             self._abandon_unwanted()

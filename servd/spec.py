@@ -47,7 +47,7 @@ class ServerSpec:
     max_depth: int = 128
     max_client_buffer_bytes: int = 64 * 1024 * 1024
     max_connections: int = 10000
-    allowed_origins: tuple[str, ...] = ("*",)
+    allowed_origins: tuple[str, ...] = ()  # same origin only; ("*",) = any page
     allowed_hosts: tuple[str, ...] | None = None  # None = what `host` implies (webguard.default_hosts)
     tokens_file: Path | None = None
     drain_timeout_s: float = 30.0

@@ -11,8 +11,9 @@ Two browser attacks reach a daemon that has no tokens:
   that `server.host` implies (`default_hosts`).
 
 Pure functions of header values and settings: no Tornado, no I/O. They sit on every request's
-path, so a request without an Origin header costs one look-up, and the Host check parses one
-header against a set that is built once per setting (`_compiled`, cached on the settings' values).
+path (about a microsecond): the Host check parses one header against a set built once per
+setting (`_compiled`, cached on the settings' values), and a request without an Origin header
+(every non-browser client) does no origin or CORS work at all.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import functools
 from dataclasses import dataclass
 
 from servd.errors import ErrorCode, ServdError
+from servd.spec import ServerSpec
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 ANY_ADDRESS = ("", "0.0.0.0", "::")  # listening on every interface: public names are unknowable
@@ -85,23 +87,17 @@ def origin_allowed(origin: str, allowed: tuple[str, ...], host_header: str | Non
 
 
 def refusal(
-    host_header: str | None,
-    origin: str | None,
-    *,
-    allowed_hosts: tuple[str, ...] | None,
-    listen_host: str,
-    allowed_origins: tuple[str, ...],
-    check_host: bool = True,
+    server: ServerSpec, host_header: str | None, origin: str | None, *, check_host: bool = True
 ) -> ServdError | None:
     """Why a request (or websocket handshake) is refused, or None: Host first, then Origin."""
-    if check_host and not host_allowed(host_header, allowed_hosts, listen_host):
-        setting = "server.allowed_hosts" if allowed_hosts is not None else f"server.host={listen_host}"
+    if check_host and not host_allowed(host_header, server.allowed_hosts, server.host):
+        setting = "server.allowed_hosts" if server.allowed_hosts is not None else f"server.host={server.host}"
         return ServdError(
             ErrorCode.UNKNOWN_HOST,
             f"this server does not answer to host {host_header!r} ({setting}); "
             "add the name clients use to server.allowed_hosts",
         )
-    if origin is not None and not origin_allowed(origin, allowed_origins, host_header):
+    if origin is not None and not origin_allowed(origin, server.allowed_origins, host_header):
         return ServdError(
             ErrorCode.FORBIDDEN_ORIGIN,
             f"origin {origin!r} is not in server.allowed_origins; add it there to let that page call servd",

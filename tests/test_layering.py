@@ -25,7 +25,7 @@ LAYERS: list[set[str]] = [
     {  # values, rules and leaf services: nothing here knows of a running endpoint
         "errors", "schema", "spec", "reload", "batching", "protocol", "request", "failures", "stats",
         "compat", "logs", "systemd", "hostcheck", "auth", "gcpolicy", "devices", "entrypoints", "watch",
-        "metrics", "queue", "workers", "docs", "validation", "webguard",
+        "metrics", "queue", "workers", "docs", "validation", "webguard", "admission",
     },
     {"check", "instances"},
     {"endpoint"},
@@ -37,7 +37,7 @@ LAYERS: list[set[str]] = [
 ]  # fmt: skip
 CLIENT_SIDE = {"bench", "status"}  # plus servd.client.*: usable without the server's dependencies
 CLIENT_MAY_IMPORT = {"errors"}
-PURE = {"errors", "schema", "spec", "reload", "batching", "protocol", "request", "failures", "stats", "queue"}
+PURE = {"errors", "schema", "spec", "reload", "batching", "protocol", "request", "failures", "stats", "queue", "admission", "webguard"}
 RUNTIME_LIBRARIES = {"tornado", "torch"}
 
 

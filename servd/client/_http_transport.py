@@ -25,8 +25,9 @@ class HttpTransport:
         self.pool = Pool(target, connect_timeout)
         self.tasks: set[asyncio.Task[None]] = set()
 
-    async def submit(self, job: AsyncJob, data_json: str, *, events: bool) -> None:
-        task = asyncio.ensure_future(self._run(job, data_json, events))
+    async def submit(self, job: AsyncJob, data_json: str, fields: str = "", *, events: bool) -> None:
+        """Start the request; `fields` are more body members as JSON text (`,"priority":1`), or ""."""
+        task = asyncio.ensure_future(self._run(job, f'{{"data":{data_json}{fields}}}'.encode(), events))
         job.transport_state = task
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -37,10 +38,9 @@ class HttpTransport:
         if isinstance(task, asyncio.Task) and not task.done():
             task.cancel()
 
-    async def _run(self, job: AsyncJob, data_json: str, events: bool) -> None:
+    async def _run(self, job: AsyncJob, body: bytes, events: bool) -> None:
         accept = "text/event-stream" if events else "application/json"
         headers = {**self.headers, "Content-Type": "application/json", "Accept": accept}
-        body = f'{{"data":{data_json}}}'.encode()
         connection: Connection | None = None
         try:
             response = await self._request(self.target.endpoint_path(job.endpoint), headers, body)

@@ -43,13 +43,14 @@ class Socket:
         self.closed = False
         self.reader = asyncio.ensure_future(self._read())
 
-    async def submit(self, job: AsyncJob, data_json: str) -> None:
+    async def submit(self, job: AsyncJob, data_json: str, fields: str = "") -> None:
+        """Send the submit; `fields` are more members as JSON text (`,"priority":1`), or ""."""
         if self.closed:
             raise ConnectionLost(f"connection to {self.url} is closed")
         job.id = request_id = next(self.ids)
         self.jobs[request_id] = job
         self.unanswered.append(job)
-        text = f'{{"type":"submit","id":{request_id},"endpoint":{json.dumps(job.endpoint)},"data":{data_json}}}'
+        text = f'{{"type":"submit","id":{request_id},"endpoint":{json.dumps(job.endpoint)},"data":{data_json}{fields}}}'
         await self._write(text)
 
     async def cancel(self, job: AsyncJob) -> None:
@@ -155,10 +156,10 @@ class WsTransport:
             raise ConnectFailed(f"cannot connect to {url}: {exc or type(exc).__name__}") from None
         return Socket(conn, url)
 
-    async def submit(self, job: AsyncJob, data_json: str) -> None:
+    async def submit(self, job: AsyncJob, data_json: str, fields: str = "") -> None:
         socket = await self.connect()
         job.transport_state = socket
-        await socket.submit(job, data_json)
+        await socket.submit(job, data_json, fields)
 
     async def cancel(self, job: AsyncJob) -> None:
         socket = job.transport_state

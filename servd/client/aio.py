@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from collections.abc import AsyncIterator, Coroutine
 from types import TracebackType
 from typing import Any, Literal
@@ -53,13 +54,24 @@ class AsyncClient:
         if self._ws is not None:
             await self._ws.connect()
 
-    async def predict(self, endpoint: str, data: Any, timeout: float | None = None) -> Any:
+    async def predict(
+        self,
+        endpoint: str,
+        data: Any,
+        timeout: float | None = None,
+        *,
+        priority: int | None = None,
+        deadline_s: float | None = None,
+    ) -> Any:
         """Run `data` through `endpoint` and return the result, or raise the typed error.
 
         `timeout` (seconds) bounds the wait on this side: when it runs out the request is
-        cancelled on the server and Timeout is raised.
+        cancelled on the server and Timeout is raised. `priority` (1 = the endpoint's highest
+        level) and `deadline_s` (the server ends the request with Timeout when it passes, and
+        `queue.admit: predicted` refuses with QueueFull what can't make it) are sent only when
+        given; see `scheduling_fields`.
         """
-        job = await self._start(endpoint, data, events=False)
+        job = await self._start(endpoint, data, events=False, fields=scheduling_fields(priority, deadline_s))
         try:
             return await job.result(timeout)
         except Timeout:
@@ -71,21 +83,26 @@ class AsyncClient:
             self._in_background(job.cancel())
             raise
 
-    async def submit(self, endpoint: str, data: Any) -> AsyncJob:
+    async def submit(
+        self, endpoint: str, data: Any, *, priority: int | None = None, deadline_s: float | None = None
+    ) -> AsyncJob:
         """Submit and return the job once the server answered: admitted (queued) or refused (done).
 
         A refusal is not raised here: `job.result()` raises it, like any other failure.
+        `priority` and `deadline_s` as for `predict`.
         """
-        job = await self._start(endpoint, data, events=True)
+        job = await self._start(endpoint, data, events=True, fields=scheduling_fields(priority, deadline_s))
         await job.answered()
         return job
 
-    async def stream(self, endpoint: str, data: Any) -> AsyncIterator[Any]:
+    async def stream(
+        self, endpoint: str, data: Any, *, priority: int | None = None, deadline_s: float | None = None
+    ) -> AsyncIterator[Any]:
         """Partial results of a streaming (generator) endpoint as they come; raises the typed error.
 
-        Leaving the loop early cancels the request.
+        Leaving the loop early cancels the request. `priority` and `deadline_s` as for `predict`.
         """
-        job = await self.submit(endpoint, data)
+        job = await self.submit(endpoint, data, priority=priority, deadline_s=deadline_s)
         try:
             async for partial in job:
                 yield partial
@@ -112,15 +129,15 @@ class AsyncClient:
 
     # -- internals -------------------------------------------------------------------------
 
-    async def _start(self, endpoint: str, data: Any, *, events: bool) -> AsyncJob:
+    async def _start(self, endpoint: str, data: Any, *, events: bool, fields: str = "") -> AsyncJob:
         if not isinstance(endpoint, str) or not endpoint:
             raise ValueError(f"endpoint must be a non-empty string, got {endpoint!r}")
         data_json = json.dumps(data, allow_nan=False, separators=(",", ":"))
         job = AsyncJob(endpoint, self._cancel)
         if self._ws is not None:
-            await self._ws.submit(job, data_json)
+            await self._ws.submit(job, data_json, fields)
         elif self._http is not None:
-            await self._http.submit(job, data_json, events=events)
+            await self._http.submit(job, data_json, fields, events=events)
         return job
 
     async def _cancel(self, job: AsyncJob) -> None:
@@ -133,3 +150,27 @@ class AsyncClient:
         task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+
+def scheduling_fields(priority: int | None, deadline_s: float | None) -> str:
+    """The optional scheduling members of a submit or HTTP body, as JSON text to follow `data`
+    (`,"priority":1,"deadline_s":0.5`); "" when neither is given, so older servers see nothing new.
+
+    Checked here as the server checks them (ValueError before anything is sent): `priority` an
+    integer >= 0 (1 is the highest level, 0 = the endpoint's default), `deadline_s` a finite
+    number of seconds > 0. Whether the level exists, or the token may use it, only the server
+    knows: it answers BadRequest.
+    """
+    text = ""
+    if priority is not None:
+        if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
+            raise ValueError(
+                f"priority must be an integer >= 0 (1 is the highest level, 0 = the default), got {priority!r}"
+            )
+        text += f',"priority":{priority}'
+    if deadline_s is not None:
+        ok = isinstance(deadline_s, (int, float)) and not isinstance(deadline_s, bool)
+        if not ok or not math.isfinite(deadline_s) or deadline_s <= 0:
+            raise ValueError(f"deadline_s must be a number of seconds > 0, got {deadline_s!r}")
+        text += f',"deadline_s":{float(deadline_s)!r}'
+    return text

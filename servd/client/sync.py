@@ -90,17 +90,32 @@ class Client:
         """Open the websocket now (raises ConnectFailed, Unauthorized); calls do it when needed anyway."""
         self._loop.call(self._client.connect())
 
-    def predict(self, endpoint: str, data: Any, timeout: float | None = None) -> Any:
-        """The result of `data` on `endpoint`, or the typed error; `timeout` cancels and raises Timeout."""
-        return self._loop.call(self._client.predict(endpoint, data, timeout))
+    def predict(
+        self,
+        endpoint: str,
+        data: Any,
+        timeout: float | None = None,
+        *,
+        priority: int | None = None,
+        deadline_s: float | None = None,
+    ) -> Any:
+        """The result of `data` on `endpoint`, or the typed error; `timeout` cancels and raises Timeout.
 
-    def submit(self, endpoint: str, data: Any) -> Job:
+        `priority` (1 = highest) and `deadline_s` (the server's deadline for this request) are
+        sent only when given (AsyncClient.predict says more)."""
+        work = self._client.predict(endpoint, data, timeout, priority=priority, deadline_s=deadline_s)
+        return self._loop.call(work)
+
+    def submit(self, endpoint: str, data: Any, *, priority: int | None = None, deadline_s: float | None = None) -> Job:
         """A Job, once the server admitted (status queued) or refused (`result()` raises) the request."""
-        return Job(self._loop.call(self._client.submit(endpoint, data)), self._loop)
+        work = self._client.submit(endpoint, data, priority=priority, deadline_s=deadline_s)
+        return Job(self._loop.call(work), self._loop)
 
-    def stream(self, endpoint: str, data: Any) -> Iterator[Any]:
+    def stream(
+        self, endpoint: str, data: Any, *, priority: int | None = None, deadline_s: float | None = None
+    ) -> Iterator[Any]:
         """Partial results of a streaming endpoint as they come; leaving the loop early cancels it."""
-        job = self.submit(endpoint, data)
+        job = self.submit(endpoint, data, priority=priority, deadline_s=deadline_s)
         try:
             yield from job
         finally:

@@ -3,7 +3,8 @@
 Every HTTP error answer, whoever makes it (a route's refusal, the guard, or Tornado: a method a
 route doesn't serve, a malformed request), is `{"error": {"code", "message"}}` with the status
 of its ErrorCode, as compact JSON like every other body. The websocket routes use the same
-functions (`write_wire_error`, `web_refusal`) for what they answer over plain HTTP.
+functions (`error_body`, `write_wire_error`) and guard (webguard.refusal) for what they answer
+over plain HTTP.
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from tornado.httputil import HTTPServerRequest
 from tornado.web import RequestHandler
 
-from servd import auth, webguard
+from servd import auth, compat, webguard
 from servd.errors import ErrorCode, ServdError
 
 if TYPE_CHECKING:
     from servd.daemon import Daemon
-    from servd.spec import ServerSpec
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -32,21 +31,7 @@ def error_body(code: ErrorCode, message: str) -> str:
 def allowed_methods(handler_class: type[RequestHandler]) -> str:
     """The methods a route serves (those its handler implements): its Allow header and preflight
     answer. Not cached: only a 405 or an OPTIONS asks."""
-    unimplemented = RequestHandler._unimplemented_method
-    return ", ".join(m for m in METHODS if getattr(handler_class, m.lower()) is not unimplemented)
-
-
-def web_refusal(request: HTTPServerRequest, server: ServerSpec, check_host: bool = True) -> ServdError | None:
-    """The guard's verdict on a request's Host and Origin headers (webguard.refusal)."""
-    headers = request.headers
-    return webguard.refusal(
-        headers.get("Host"),
-        headers.get("Origin"),
-        allowed_hosts=server.allowed_hosts,
-        listen_host=server.host,
-        allowed_origins=server.allowed_origins,
-        check_host=check_host,
-    )
+    return ", ".join(m for m in METHODS if compat.implements(handler_class, m.lower()))
 
 
 def write_wire_error(handler: RequestHandler, status_code: int) -> None:
@@ -60,7 +45,7 @@ def write_wire_error(handler: RequestHandler, status_code: int) -> None:
         message = f"{request.method} is not allowed on {request.path}; it serves {allowed}"
     else:
         code = ErrorCode.BAD_REQUEST if status_code < 500 else ErrorCode.ENDPOINT_FAILED
-        message = handler._reason
+        message = compat.reason(handler)
     handler.set_header("Content-Type", "application/json")
     handler.set_header("Cache-Control", "no-store")
     handler.finish(error_body(code, message))
@@ -82,16 +67,18 @@ class JSONHandler(RequestHandler):
 
     def prepare(self) -> None:
         """The web guard, before any route's own checks; a subclass calls it first and stops if
-        it answered (`self._finished`): a refused Host or Origin, or a CORS preflight."""
-        refused = web_refusal(self.request, self.daemon.spec.server, self.check_host)
+        it answered (compat.response_finished): a refused Host or Origin, or a CORS preflight."""
+        headers = self.request.headers
+        server = self.daemon.spec.server
+        origin = headers.get("Origin")
+        refused = webguard.refusal(server, headers.get("Host"), origin, check_host=self.check_host)
         if refused is not None:
             self.daemon.note_rejected(None, refused)
             self.send_error_code(refused)
             return
-        origin = self.request.headers.get("Origin")
         if origin is None:
             return
-        self.cors_origin = webguard.allow_origin(origin, self.daemon.spec.server.allowed_origins)
+        self.cors_origin = webguard.allow_origin(origin, server.allowed_origins)
         self._allow_cross_origin()
         if self.request.method == "OPTIONS" and "Access-Control-Request-Method" in self.request.headers:
             self.set_header("Access-Control-Allow-Methods", allowed_methods(type(self)))
@@ -140,7 +127,7 @@ class JSONHandler(RequestHandler):
 class NotFound(JSONHandler):
     def prepare(self) -> None:
         super().prepare()
-        if not self._finished:
+        if not compat.response_finished(self):
             self.send_error_code(
                 ServdError(ErrorCode.NOT_FOUND, f"no route {self.request.path} (see the README's API)")
             )

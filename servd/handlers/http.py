@@ -13,7 +13,7 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.web import stream_request_body
 
-from servd import auth, protocol
+from servd import auth, compat, protocol
 from servd.errors import ErrorCode, ServdError
 from servd.handlers.base import JSONHandler, error_body
 from servd.request import Completed, Request, Terminal
@@ -32,7 +32,7 @@ class EndpointHTTP(JSONHandler):
 
     def prepare(self) -> None:
         super().prepare()
-        if self._finished or self.request.method != "POST":
+        if compat.response_finished(self) or self.request.method != "POST":
             return
         limit = self.daemon.spec.server.max_message_bytes
         declared = self.request.headers.get("Content-Length")
@@ -76,7 +76,7 @@ class EndpointHTTP(JSONHandler):
     async def post(self, name: str) -> None:
         if self.too_large:  # answered already; the body it was still reading has ended
             self.finish()
-        if self._finished:
+        if compat.response_finished(self):
             return
         try:
             request = self._admit(name)
@@ -143,7 +143,7 @@ class EndpointHTTP(JSONHandler):
 
     def _start_stream(self) -> None:
         """The 200 and SSE headers, once: at admission or with a message sent while admitting."""
-        if self._headers_written:
+        if compat.response_started(self):
             return
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("X-Accel-Buffering", "no")  # nginx: don't buffer the stream
@@ -160,16 +160,16 @@ class EndpointHTTP(JSONHandler):
     # -- Sink ------------------------------------------------------------------------------
 
     def send(self, request: Request, message: str) -> None:
-        if self.streaming and not self._finished:
+        if self.streaming and not compat.response_finished(self):
             self._event(protocol.message_type(message), message)
 
     def end(self, request: Request, terminal: Terminal) -> None:
-        if self.streaming and not self._finished:
+        if self.streaming and not compat.response_finished(self):
             self._event(
                 "completed" if isinstance(terminal, Completed) else "error", protocol.terminal(request.id, terminal)
             )
             self.finish()
-        elif not self._finished:
+        elif not compat.response_finished(self):
             # Answer now, not when post() resumes: a drain ends requests and closes connections in
             # one go, and a reply written later would meet a closed connection.
             self._respond(terminal)

@@ -6,6 +6,7 @@ rest need one when tokens are configured, since they show the config.
 
 from __future__ import annotations
 
+from servd import compat
 from servd.errors import ServdError
 from servd.handlers.base import JSONHandler
 from servd.snapshot import endpoint_snapshot
@@ -16,7 +17,7 @@ class TokenRequired(JSONHandler):
 
     def prepare(self) -> None:
         super().prepare()
-        if self._finished:
+        if compat.response_finished(self):
             return
         try:
             self.check_auth()

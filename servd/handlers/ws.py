@@ -16,7 +16,7 @@ from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketP
 from servd import auth, protocol, webguard
 from servd.compat import buffered, fast_send_supported, send_text
 from servd.errors import ErrorCode, ServdError
-from servd.handlers.base import error_body, web_refusal, write_wire_error
+from servd.handlers.base import error_body, write_wire_error
 from servd.request import Request, Terminal
 
 if TYPE_CHECKING:
@@ -44,10 +44,11 @@ class QueueSocket(WebSocketHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """Refuse before the upgrade: Host or Origin not allowed (421, 403), not a websocket handshake
         (400), wrong token (401), unknown endpoint (404), full or draining (503)."""
-        refused = web_refusal(self.request, self.daemon.spec.server)
+        headers = self.request.headers
+        refused = webguard.refusal(self.daemon.spec.server, headers.get("Host"), headers.get("Origin"))
         if refused is not None:
             return self._refuse(refused.code, refused.message)
-        if self.request.headers.get("Upgrade", "").lower() != "websocket":
+        if headers.get("Upgrade", "").lower() != "websocket":
             return self._refuse(ErrorCode.BAD_REQUEST, "this is a websocket route; open it with a websocket handshake")
         token = auth.presented_token(self.request)
         if not auth.is_valid(token, self.daemon.tokens):
