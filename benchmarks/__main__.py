@@ -1,4 +1,4 @@
-"""`python -m benchmarks [echo|mlp|all] [--quick]`: run benchmarks, then one table of ratios and targets.
+"""`python -m benchmarks [NAME|all] [--quick]`: run benchmarks, then one table of ratios and targets.
 
 Each benchmark also prints its own tables and writes benchmarks/results/NAME.json; the summary
 (ratios against the baselines, with the targets the issues set) goes to results/summary.json.
@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks import common
 
-BENCHMARKS = ("echo", "mlp", "reload", "soak", "idle")
+BENCHMARKS = ("echo", "mlp", "reload", "soak", "idle", "scheduling")
 
 
 def available() -> list[str]:

@@ -12,6 +12,7 @@ tag a test uses is unique to it, so tests don't see each other's state.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -88,3 +89,32 @@ class Tagged:
         """How many times `what` ("made", "called", "closed") happened to instances tagged `tag`."""
         with cls.lock:
             return sum(1 for event in cls.events if event == (what, tag))
+
+
+class Numbered:
+    """Numbers its calls 1, 2, ... in the order they begin, then waits for the data's gate (if it names
+    one) and returns {"call", "data"}: with concurrency 1 a test reads from the results the order
+    servd ran requests in, without timing anything."""
+
+    def __init__(self) -> None:
+        self._calls = itertools.count(1)
+        self._lock = threading.Lock()
+
+    def _next(self) -> int:
+        with self._lock:
+            return next(self._calls)
+
+    def __call__(self, data: Any) -> dict[str, Any]:
+        call = self._next()
+        _hold(data)
+        return {"call": call, "data": data}
+
+
+class NumberedBatch(Numbered):
+    """Batched `Numbered`: one number a call, so requests that share a number ran in one batch."""
+
+    def __call__(self, items: list[Any]) -> list[dict[str, Any]]:  # type: ignore[override]
+        call = self._next()
+        for item in items:
+            _hold(item)
+        return [{"call": call, "value": item, "batch": len(items)} for item in items]

@@ -41,12 +41,12 @@ def deadline(limits: QueueSpec, deadline_s: float | None, now: float) -> float |
     return now + (deadline_s if timeout is None else min(timeout, deadline_s))
 
 
-def deadline_setting(limits: QueueSpec, deadline_s: float | None) -> str:
-    """Which setting a deadline came from, as a timeout message names it."""
-    timeout = limits.timeout_s
-    if deadline_s is not None and (timeout is None or deadline_s < timeout):
-        return f"deadline_s={deadline_s}"
-    return f"queue.timeout_s={timeout}"
+def deadline_setting(deadline_s: float | None, allowed_s: float) -> str:
+    """Which setting a deadline of `allowed_s` after admission came from, as a timeout message
+    names it: from the request and its admission, not from a spec a reload may since have changed."""
+    if deadline_s is not None and deadline_s <= allowed_s + 1e-3:  # loop times are epoch-sized floats
+        return f"deadline_s={deadline_s:g}"
+    return f"queue.timeout_s={allowed_s:g}"
 
 
 def doomed(eta_s: float | None, rank: int, now: float, due: float | None) -> ServdError | None:

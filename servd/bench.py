@@ -99,15 +99,16 @@ class Recorder:
     last_end: float = 0.0
     by_priority: dict[int, Recorder] = field(default_factory=dict)  # only when priorities are sent
 
-    def part(self, priority: int | None) -> Recorder | None:
-        """The recorder of one priority level (None when the run sends none)."""
-        if priority is None:
-            return None
-        if priority not in self.by_priority:
-            self.by_priority[priority] = Recorder()
-        return self.by_priority[priority]
+    def count_sent(self, priority: int | None = None) -> None:
+        self.sent += 1
+        if priority is not None:
+            self.by_priority.setdefault(priority, Recorder()).sent += 1
 
-    def record(self, code: str, timing: dict[str, Any] | None, sent_at: float, ended_at: float) -> None:
+    def record(
+        self, code: str, timing: dict[str, Any] | None, sent_at: float, ended_at: float, priority: int | None = None
+    ) -> None:
+        if priority is not None:
+            self.by_priority.setdefault(priority, Recorder()).record(code, timing, sent_at, ended_at)
         self.last_end = max(self.last_end, ended_at)
         if code != "completed":
             self.errors[code] += 1
@@ -238,13 +239,10 @@ class Level:
         picker = Picker(self.options.priorities, seed=index)
         while self.keep_going(sent_at := loop.time()):
             priority = picker.next()
-            part = self.recorder.part(priority)
             measured = sent_at >= self.measure_from
             if measured:
                 self.tickets -= 1
-                self.recorder.sent += 1
-                if part is not None:
-                    part.sent += 1
+                self.recorder.count_sent(priority)
             self.in_flight += 1
             try:
                 code, timing = await channels[index].call(priority)
@@ -253,9 +251,7 @@ class Level:
             finally:
                 self.in_flight -= 1
             if measured:
-                self.recorder.record(code, timing, sent_at, loop.time())
-                if part is not None:
-                    part.record(code, timing, sent_at, loop.time())
+                self.recorder.record(code, timing, sent_at, loop.time(), priority)
             if code == "connection_lost":
                 channels[index].close()
                 channels[index] = await _open(self.options)

@@ -143,7 +143,8 @@ class Endpoint:
         where = "waiting in the queue" if request.state is State.QUEUED else "running"
         if request.state is State.QUEUED and self.queue.remove(request):
             self._schedule_broadcast()
-        limit = admission.deadline_setting(self.spec.queue, request.deadline_s)
+        assert request.deadline is not None  # a timer is armed only with a deadline
+        limit = admission.deadline_setting(request.deadline_s, request.deadline - request.admitted_at)
         self.finish(request, Failed(ErrorCode.TIMEOUT, f"{limit} passed while {where}"))
         if where == "running":
             self._abandon_unwanted()

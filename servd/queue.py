@@ -227,12 +227,13 @@ class RequestQueue:
         return self.pop(self._count)
 
     def reconfigure(self, limits: QueueSpec) -> None:
-        """New limits; a change of order or levels re-sorts what waits, keeping the current schedule
-        order as the arrival order (a level past the new lowest one joins the lowest)."""
+        """New limits; a change of order or levels re-sorts what waits, by arrival (a level past the
+        new lowest one joins the lowest). Re-pushing in arrival order keeps every level's (and every
+        client's) head its oldest request, which `oldest_admitted_at` relies on."""
         old, self.limits = self.limits, limits
         if (old.order, old.priority_levels) == (limits.order, limits.priority_levels):
             return
-        waiting = list(self)
+        waiting = sorted(self, key=lambda request: request.admitted_at)  # stable: ties keep their order
         self._levels = [_new_level(limits.order) for _ in range(limits.priority_levels)]
         for request in waiting:
             request.priority = min(request.priority, limits.priority_levels)

@@ -23,6 +23,7 @@ __all__ = [
     "EndpointSpec",
     "Location",
     "LogSpec",
+    "OpenAISpec",
     "Problem",
     "QueueSpec",
     "ServerSpec",
@@ -79,6 +80,13 @@ class BatchSpec:
 
 
 @dataclass(frozen=True)
+class OpenAISpec:
+    """The endpoint as an OpenAI-compatible chat model (handlers/openai.py)."""
+
+    model: str  # the name clients pass as `model`
+
+
+@dataclass(frozen=True)
 class EndpointSpec:
     name: str
     entrypoint: str
@@ -89,6 +97,7 @@ class EndpointSpec:
     batch: BatchSpec | None = None
     api_open: bool = True
     input_schema: Mapping[str, Any] | None = None
+    openai: OpenAISpec | None = None
 
     @property
     def model_key(self) -> tuple[str, str, tuple[str, ...]]:
@@ -146,7 +155,7 @@ def parse(path: str | os.PathLike[str]) -> Spec:
 
 
 def _cross_field_problems(data: dict[str, Any], located: Located) -> list[Problem]:
-    problems = []
+    problems = _model_name_problems(data, located)
     max_threads = data["server"]["max_threads"]
     for name, ep in data["endpoints"].items():
         devices = ep["device"] if isinstance(ep["device"], list) else [ep["device"]]
@@ -176,6 +185,20 @@ def _cross_field_problems(data: dict[str, Any], located: Located) -> list[Proble
                 problems.append(
                     located.problem(("endpoints", name, "input_schema"), f"not a valid JSON Schema: {exc.message}")
                 )
+    return problems
+
+
+def _model_name_problems(data: dict[str, Any], located: Located) -> list[Problem]:
+    """Each OpenAI model name names one endpoint: a request's `model` must find exactly one."""
+    problems, served_by = [], {}
+    for name, ep in data["endpoints"].items():
+        if ep["openai"] is None:
+            continue
+        model = ep["openai"]["model"] or name
+        if model in served_by:
+            message = f"model {model!r} is served by endpoint {served_by[model]!r} already; give each its own"
+            problems.append(located.problem(("endpoints", name, "openai", "model"), message))
+        served_by.setdefault(model, name)
     return problems
 
 
@@ -227,4 +250,5 @@ def _endpoint(name: str, ep: dict[str, Any]) -> EndpointSpec:
         else None,
         api_open=ep["api_open"],
         input_schema=MappingProxyType(ep["input_schema"]) if ep["input_schema"] is not None else None,
+        openai=None if ep["openai"] is None else OpenAISpec(model=ep["openai"]["model"] or name),
     )

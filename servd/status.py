@@ -3,8 +3,10 @@
 It reads GET /v1/status and GET /v1/endpoints with the standard library only (an operator runs
 it on the server, often in a hurry), and prints the daemon's state, its config generation and
 last reload, then one line per endpoint: queued, running, workers, batch size, p50/p99 of queue
-wait and of run time, the ETA a new request would be given, and how its requests ended:
-completed, failed (the entrypoint raised), timed out, cancelled by their client. Only the
+wait and of run time, the ETA a new request would be given, how far off the ETAs given were
+(p50/p99 of |actual - ETA|), and how its requests ended: completed, failed (the entrypoint
+raised), timed out, cancelled by their client. Endpoints with priority levels get their queue
+depth by level under the table. Only the
 entrypoint's failures count as failed: a client that hangs up or a deadline that passes says
 nothing about the model. Exit 0 when it got an answer, 1 (with a one-line reason on stderr) when
 it couldn't.
@@ -123,7 +125,7 @@ def _http_problem(url: str, exc: urllib.error.HTTPError) -> str:
 
 COLUMNS = (
     "endpoint", "queued", "running", "workers", "batch", "wait p50/p99", "run p50/p99", "eta new",
-    "done", "failed", "timeout", "cancelled",
+    "eta error p50/p99", "done", "failed", "timeout", "cancelled",
 )  # fmt: skip
 # The outcome columns after "done": each an error code of servd_requests_total. Other codes
 # (unavailable: ended by a drain or shutdown) are named under the table.
@@ -161,6 +163,9 @@ def render(base: str, status: dict[str, Any], endpoints: Sequence[dict[str, Any]
     others = [text for e in endpoints if (text := other_outcomes(e))]
     if others:
         lines.append(f"other endings: {'; '.join(others)}")
+    levels = [text for e in endpoints if (text := queued_by_priority(e))]
+    if levels:
+        lines.append(f"queued by priority (1 = highest): {'; '.join(levels)}")
     return "\n".join(lines)
 
 
@@ -182,6 +187,7 @@ def endpoint_row(endpoint: dict[str, Any]) -> list[str]:
         pair(stats.get("wait_s")),
         pair(stats.get("run_s")),
         eta(stats.get("eta_s")),
+        pair(stats.get("eta_error_s")),
         str(stats.get("completed", 0)),
         *outcome_cells(stats.get("outcomes")),
     ]
@@ -200,6 +206,19 @@ def other_outcomes(endpoint: dict[str, Any]) -> str:
     if not rest:
         return ""
     return f"{endpoint['name']} " + ", ".join(f"{code} {n}" for code, n in sorted(rest.items()))
+
+
+def queued_by_priority(endpoint: dict[str, Any]) -> str:
+    """ "classify 1:0 2:3 3:12": waiting requests per level, for an endpoint with more than one; else ""."""
+    depths = endpoint.get("stats", {}).get("queued_by_priority") or {}
+    if len(depths) < 2:
+        return ""
+    return f"{endpoint['name']} " + " ".join(f"{level}:{n}" for level, n in sorted(depths.items(), key=_level_order))
+
+
+def _level_order(item: tuple[str, Any]) -> int:
+    level = item[0]
+    return int(level) if level.isdigit() else 0
 
 
 def pair(percentiles: dict[str, Any] | None) -> str:

@@ -8,6 +8,7 @@ import re
 import sys
 from typing import Any
 
+import pytest
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application
@@ -31,6 +32,9 @@ endpoints:
     queue: {{max_size: 2}}
   echo:
     entrypoint: examples.echo:echo
+  levels:
+    entrypoint: examples.faults:sleep
+    queue: {{priority_levels: 2}}
 """
 RUN_LIMIT_S = 120
 
@@ -204,6 +208,93 @@ async def test_requests_without_an_answer_are_reported_lost(tmp_path):
     level = one_level(out)
     assert level["lost"] == 2 and level["completed"] == 0
     assert "servd bench: 2 request(s) lost at 2 clients: no answer while the connection stayed open" in err
+
+
+# -- priorities and deadlines (#12) -----------------------------------------------------------
+
+
+async def test_a_priority_mix_is_split_by_level_and_the_higher_level_waits_less(tmp_path):
+    """--priority-mix 1:0.25,2:0.75 on a busy one-slot endpoint: about a quarter at level 1, each
+    level's counts and latencies in `by_priority`, and level 1 waiting far less than level 2."""
+    async with serve(tmp_path, CONFIG) as d:
+        rc, out, err = await run_bench(
+            d.ws_url, "--endpoint", "levels", "--data", "0.01", "--clients", "8", "--priority-mix", "1:0.25,2:0.75",
+            "--requests", "300", "--duration", "20", "--warmup", "0", "--json",
+        )  # fmt: skip
+    assert rc == 0, err
+    assert json.loads(out)["priorities"] == {"1": 0.25, "2": 0.75}
+    level = one_level(out)
+    parts = level["by_priority"]
+    assert set(parts) == {"1", "2"}
+    assert parts["1"]["sent"] + parts["2"]["sent"] == level["sent"] == 300
+    assert 0.1 < parts["1"]["sent"] / 300 < 0.4
+    assert all(part["completed"] == part["sent"] and part["errors"] == {} for part in parts.values())
+    assert parts["1"]["latency_s"]["queue"]["p50"] * 3 < parts["2"]["latency_s"]["queue"]["p50"]
+
+
+async def test_a_deadline_shows_as_timeouts_of_its_level_over_http(tmp_path):
+    """--priority 1 --deadline-s 0.05 where the queue holds about 140 ms: requests end in timeout,
+    counted by code overall and in the level's row of the text summary; the run still exits 0."""
+    async with serve(tmp_path, CONFIG) as d:
+        rc, out, err = await run_bench(
+            d.url, "--transport", "http", "--endpoint", "levels", "--data", "0.02", "--clients", "8",
+            "--priority", "1", "--deadline-s", "0.05", "--duration", "1.5", "--warmup", "0",
+        )  # fmt: skip
+    assert rc == 0, err
+    assert re.search(r"^errors +timeout \d+$", out, re.M), out
+    lines = out.splitlines()
+    at = lines.index("by priority")
+    assert lines[at + 1].split() == [
+        "priority",
+        "sent",
+        "done",
+        "p50",
+        "ms",
+        "p99",
+        "ms",
+        "wait",
+        "p50",
+        "wait",
+        "p99",
+        "errors",
+    ]
+    row = lines[at + 2].split()
+    assert row[0] == "1" and int(row[2]) > 0 and row[-2:-1] == ["timeout"]
+
+
+async def test_a_sweep_lists_each_clients_levels(tmp_path):
+    """With --clients 1,2 and --priority 2 the table ends with one by-priority row per client count."""
+    async with serve(tmp_path, CONFIG) as d:
+        rc, out, err = await run_bench(
+            d.ws_url, "--endpoint", "levels", "--data", "0", "--clients", "1,2", "--priority", "2",
+            "--duration", "0.5", "--warmup", "0",
+        )  # fmt: skip
+    assert rc == 0, err
+    lines = out.splitlines()
+    rows = [line.split() for line in lines[lines.index("by priority:") + 2 :]]
+    assert [row[:2] for row in rows] == [["1", "2"], ["2", "2"]]
+    assert all(row[-1] == "none" for row in rows)
+
+
+def test_a_priority_mix_reads_as_level_weight_pairs():
+    assert bench.parse_priority_mix("1:0.2,3:0.8") == ((1, 0.2), (3, 0.8))
+    assert bench.parse_priority_mix("0:1, 2:4") == ((0, 1.0), (2, 4.0))
+    for bad in ("1", "1:0", "1:x", "-1:1", "1:1,1:2", "1:nan", ""):
+        with pytest.raises(ValueError, match="LEVEL:WEIGHT"):
+            bench.parse_priority_mix(bad)
+
+
+def test_bad_scheduling_arguments_exit_2_with_a_message(capsys):
+    """A bad --priority, --priority-mix or --deadline-s is refused before anything is sent."""
+    for args, says in (
+        (["--priority", "-1"], "--priority must be 0"),
+        (["--priority-mix", "1:0.5,2"], "--priority-mix must be LEVEL:WEIGHT"),
+        (["--deadline-s", "0"], "--deadline-s must be a number of seconds > 0"),
+    ):
+        assert bench.cli(["ws://127.0.0.1:1", "--endpoint", "e", *args]) == 2
+        assert says in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: the two are mutually exclusive
+        bench.cli(["ws://127.0.0.1:1", "--endpoint", "e", "--priority", "1", "--priority-mix", "1:1"])
 
 
 def test_bad_arguments_exit_2_with_a_message(capsys):

@@ -35,9 +35,22 @@ LAYERS: list[set[str]] = [
     {"service"},
     {"cli", "__main__"},
 ]  # fmt: skip
-CLIENT_SIDE = {"bench", "status"}  # plus servd.client.*: usable without the server's dependencies
+CLIENT_SIDE = {"bench", "bench_report", "status"}  # plus servd.client.*: usable without the server's dependencies
 CLIENT_MAY_IMPORT = {"errors"}
-PURE = {"errors", "schema", "spec", "reload", "batching", "protocol", "request", "failures", "stats", "queue", "admission", "webguard"}
+PURE = {
+    "errors",
+    "schema",
+    "spec",
+    "reload",
+    "batching",
+    "protocol",
+    "request",
+    "failures",
+    "stats",
+    "queue",
+    "admission",
+    "webguard",
+}
 RUNTIME_LIBRARIES = {"tornado", "torch"}
 
 

@@ -78,7 +78,7 @@ def test_status_summarises_each_endpoint_of_a_running_daemon(tmp_path):
         assert rows["echo"][-4:] == ["3", "0", "0", "0"]  # done, failed, timeout, cancelled
         assert rows["sleep"][:4] == ["1", "1", "1/1", "—"]
         assert rows["batched"][:4] == ["0", "0", "0/1", "8"]
-        assert rows["batched"][4:7] == ["—", "—", "—"]  # no request yet: no percentiles, no ETA
+        assert rows["batched"][4:8] == ["—", "—", "—", "—"]  # no request yet: no percentiles, no ETA or its error
         del first, second  # their connections drop when the daemon is killed
 
 
@@ -114,6 +114,37 @@ def test_only_the_entrypoints_failures_count_as_failed(tmp_path):
     assert header.split()[-4:] == ["done", "failed", "timeout", "cancelled"]
     rows = table(result.stdout)
     assert rows["sleep"][-4:] == ["1", "1", "1", "1"]  # done, failed, timeout, cancelled
+
+
+PRIORITIES = """\
+version: 1
+endpoints:
+  shared:
+    entrypoint: examples.faults:sleep
+    queue: {priority_levels: 3}
+"""
+
+
+def test_status_shows_the_eta_error_and_the_queue_by_priority(tmp_path):
+    """Requests told an ETA and then completed give the ETA error column a p50/p99; requests
+    waiting at levels 1 and 3 are counted per level under the table (#12)."""
+    with running(tmp_path, PRIORITIES) as daemon, Client(f"ws://127.0.0.1:{daemon.port}") as client:
+        for _ in range(3):  # the first call is timed; the next ones are given an ETA and judged by it
+            assert client.predict("shared", {"s": 0.05}) == {"s": 0.05}
+        assert daemon.stats("shared")["eta_error_s"]["p50"] is not None
+        blocker = client.submit("shared", {"s": 30})
+        eventually_sync(lambda: daemon.stats("shared")["running"] == 1, "the blocker to be running")
+        jobs = [client.submit("shared", {"s": 0}, priority=level) for level in (1, 3, 3)]
+        eventually_sync(lambda: daemon.stats("shared")["queued"] == 3, "three requests to be queued")
+
+        result = servd_status(f"http://127.0.0.1:{daemon.port}")
+
+        assert result.returncode == 0, result.stderr
+        lines = result.stdout.splitlines()
+        assert lines[-1] == "queued by priority (1 = highest): shared 1:1 2:0 3:2"
+        row = table("\n".join(lines[:-1]))["shared"]
+        assert row[0] == "3" and row[7] != "—" and "/" in row[7]  # queued; eta error p50/p99
+        del blocker, jobs  # their connection drops when the daemon is killed
 
 
 def test_status_shows_a_failed_reload_with_its_error_then_an_applied_one(tmp_path):
@@ -204,6 +235,7 @@ def endpoint(**stats):
         "queued": 0, "running": 0, "workers": 0, "workers_max": 2, "batch_size": 32, "eta_s": None,
         "completed": 0, "failed": 0, "outcomes": {"completed": 0},
         "wait_s": {"p50": None, "p99": None}, "run_s": {"p50": None, "p99": None},
+        "eta_error_s": {"p50": None, "p99": None}, "queued_by_priority": {"1": 0},
     }  # fmt: skip
     return {"name": "classify", "batch": {"max_size": 32, "max_delay_ms": 5}, "accepting": True, "stats": base | stats}
 
@@ -227,6 +259,7 @@ def test_render_shows_percentiles_eta_and_a_lowered_batch_size():
         "4.0ms/250ms",
         "12.0ms/1.5s",
         "2.0s",
+        "—",
         "0",
         "0",
         "0",
@@ -243,6 +276,22 @@ def test_render_says_what_needs_a_restart_and_what_is_draining():
     assert "restart needed to apply: server.port" in lines
     assert lines[-1] == "not accepting requests (draining): classify"
     assert table("\n".join(lines[:-1]))["classify"][6] == "now"
+
+
+def test_render_shows_the_eta_error_and_the_queue_by_priority():
+    """p50/p99 of |actual - ETA| in its column; an endpoint with priority levels gets its queue
+    depth per level under the table, one with a single level gets none (#12)."""
+    levels = endpoint(
+        queued=5, eta_error_s={"p50": 0.002, "p99": 0.04}, queued_by_priority={"1": 1, "2": 0, "3": 4}
+    ) | {"name": "shared"}
+    single = endpoint(queued=2, queued_by_priority={"1": 2})
+    lines = render("http://h:1", STATUS, [levels, single], now=0).splitlines()
+    header = next(line for line in lines if line.startswith("endpoint "))
+    assert "eta error p50/p99" in header
+    assert lines[-1] == "queued by priority (1 = highest): shared 1:1 2:0 3:4"
+    rows = table("\n".join(lines[:-1]))
+    assert rows["shared"][7] == "2.0ms/40.0ms"
+    assert rows["classify"][7] == "—"
 
 
 def test_durations_read_at_a_glance():
