@@ -32,8 +32,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import re
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +52,11 @@ FLOOD_IN_FLIGHT = 200
 INTERACTIVE = 8
 BATCH = 16
 MAX_DELAY_MS = 2
-SLEEP_S = 0.02  # --model sleep: each batch call sleeps this long, whatever its size
+SLEEP_S = 0.02  # --models sleep: each batch call sleeps this long, whatever its size
 TARGET_FAIR_WAIT_RATIO = 0.1  # fair's interactive p99 wait over fifo's
 TARGET_THROUGHPUT_RATIO = 0.95  # fair's total req/s over fifo's
-DRAIN_S = 15.0
+DRAIN_S = 15.0  # after a window, the longest wait for the answers still in flight (then counted lost)
+MAX_REQUESTS = 1_000_000  # per measurement, warm-up included: a bound on count as well as time
 
 
 # -- the servers -----------------------------------------------------------------------------
@@ -60,7 +64,7 @@ DRAIN_S = 15.0
 
 def tokens_text() -> str:
     users = "".join(f"user{i}\n" for i in range(INTERACTIVE))
-    return f"# written by benchmarks.scheduling\nflood priority=2\n{users}"
+    return f"# written by benchmarks.scheduling\noperator\nflood priority=2\n{users}"
 
 
 def endpoint_yaml(mode: str, model: str) -> str:
@@ -112,6 +116,7 @@ class Load:
 
     sending: bool = True
     recording: bool = False
+    sent: int = 0
     in_flight: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
     wrong: int = 0
@@ -141,6 +146,9 @@ class Stream:
         self.seq += 1
         self.sent_at[self.seq] = time.perf_counter()
         self.load.in_flight += 1
+        self.load.sent += 1
+        if self.load.sent >= MAX_REQUESTS:
+            self.load.sending = False
         self.conn.send(b'{"type":"submit","id":%d' % self.seq + self.tail)
 
     def on_text(self, payload: bytes) -> None:
@@ -182,14 +190,16 @@ async def measure(
         for stream in streams:
             stream.start()
         await asyncio.sleep(warmup_s)
-        cpu0, t0 = server.cpu_s(), time.perf_counter()
+        cpu0, t0, batches0 = server.cpu_s(), time.perf_counter(), batch_counters(server)
         load.recording = True
         await asyncio.sleep(duration_s)
         load.recording = False
         elapsed, cpu = time.perf_counter() - t0, server.cpu_s() - cpu0
+        batches = [b - a for a, b in zip(batches0, batch_counters(server), strict=True)]
         load.sending = False
         if load.in_flight:
-            await asyncio.wait_for(load.drained.wait(), DRAIN_S)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(load.drained.wait(), DRAIN_S)
     finally:
         for stream in streams:
             stream.close()
@@ -199,10 +209,28 @@ async def measure(
         "seconds": round(elapsed, 3),
         "throughput_rps": round(completed / elapsed, 1),
         "server_us_per_request": round(cpu * 1e6 / completed, 1) if completed else None,
+        "server_cpu": round(cpu / elapsed, 3),  # share of one core
+        "mean_batch": round(batches[0] / batches[1], 2) if batches[1] else None,
         "interactive": interactive.summary(),
         "flood": flood.summary(),
         "wrong": load.wrong,
+        "lost": load.in_flight,  # no answer within DRAIN_S of the end: servd answers every request, so a bug
     }
+
+
+def batch_counters(server: common.Server) -> tuple[float, float]:
+    """(sum, count) of servd_batch_size for the endpoint, from /metrics (the operator's token)."""
+    request = urllib.request.Request(
+        f"http://{common.HOST}:{server.port}/metrics", headers={"Authorization": "Bearer operator"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        text = reply.read().decode()
+
+    def value(name: str) -> float:
+        match = re.search(rf'^servd_batch_size_{name}\{{endpoint="shared"\}} (\S+)$', text, re.MULTILINE)
+        return float(match.group(1)) if match else 0.0
+
+    return value("sum"), value("count")
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -291,9 +319,11 @@ def progress_line(m: dict[str, Any]) -> str:
         f"{m['mode']:<8} interactive wait p50/p99 {common.fmt(i['wait_p50_ms'])}/{common.fmt(i['wait_p99_ms'])} ms"
         f"  latency {common.fmt(i['latency_p50_ms'])}/{common.fmt(i['latency_p99_ms'])} ms"
         f"  flood wait p50 {common.fmt(f['wait_p50_ms'])} ms  {m['throughput_rps']:.0f} req/s"
-        f"  {common.fmt(m['server_us_per_request'], 0)} us/req"
+        f"  batch {common.fmt(m['mean_batch'])}  server cpu {m['server_cpu']:.0%}"
+        f" {common.fmt(m['server_us_per_request'], 0)} us/req"
         + (f"  ERRORS {i['errors'] | f['errors']}" if i["errors"] or f["errors"] else "")
         + (f"  WRONG {m['wrong']}" if m["wrong"] else "")
+        + (f"  LOST {m['lost']}" if m["lost"] else "")
     )
 
 
@@ -305,10 +335,10 @@ def print_report(model: str, measured: dict[str, Any], rounds: int) -> None:
         "(by interactive p99 wait):"
     )
     headers = ["mode", "wait p50 ms", "wait p99 ms", "latency p50 ms", "latency p99 ms", "flood wait p50 ms",
-               "total req/s", "server us/req"]  # fmt: skip
+               "total req/s", "mean batch", "server us/req"]  # fmt: skip
     rows = [
         [mode, m["interactive"]["wait_p50_ms"], m["interactive"]["wait_p99_ms"], m["interactive"]["latency_p50_ms"],
-         m["interactive"]["latency_p99_ms"], m["flood"]["wait_p50_ms"], m["throughput_rps"],
+         m["interactive"]["latency_p99_ms"], m["flood"]["wait_p50_ms"], m["throughput_rps"], m["mean_batch"],
          m["server_us_per_request"]]
         for mode, m in measured["results"].items()
     ]  # fmt: skip

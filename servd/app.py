@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 from tornado.web import Application, RequestHandler
 
-from servd.handlers import ops
+from servd.handlers import openai, ops
 from servd.handlers.base import NotFound
 from servd.handlers.http import EndpointHTTP
 from servd.handlers.ws import QueueSocket
@@ -28,6 +28,9 @@ def make_app(daemon: Daemon) -> Application:
             (rf"/v1/endpoints/{NAME}", EndpointHTTP, deps),
             (r"/v1/endpoints/?", ops.Endpoints, deps),
             (r"/v1/status", ops.Status, deps),
+            (r"/v1/chat/completions", openai.ChatCompletions, deps),
+            (r"/v1/models", openai.Models, deps),
+            (r"/v1/models/(?P<model>.+)", openai.Models, deps),
             (r"/healthz", ops.Health, deps),
             (r"/readyz", ops.Ready, deps),
             (r"/metrics", ops.MetricsText, deps),

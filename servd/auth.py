@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
 from tornado.httputil import HTTPServerRequest
+
+
+# Browsers can't set headers on a websocket; the console offers its token as a subprotocol instead
+# (as Kubernetes does), base64url-encoded since tokens may hold characters a subprotocol can't:
+# `new WebSocket(url, ["servd", "servd.bearer." + base64url(token)])`. servd answers "servd".
+SUBPROTOCOL = "servd"
+TOKEN_SUBPROTOCOL = "servd.bearer."
 
 
 class TokensError(ValueError):
@@ -58,13 +67,27 @@ def highest_priority(token: bytes | None, tokens: tuple[Token, ...]) -> int:
 
 
 def presented_token(request: HTTPServerRequest) -> bytes | None:
-    """`Authorization: Bearer X`, or `?token=X` for browsers, which can't set websocket headers."""
+    """`Authorization: Bearer X`; for browsers, which can't set websocket headers, the subprotocol
+    `servd.bearer.<base64url X>` or `?token=X`."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip().encode()
+    offered = request.headers.get("Sec-WebSocket-Protocol")
+    if offered:
+        for protocol in offered.split(","):
+            if protocol.strip().startswith(TOKEN_SUBPROTOCOL):
+                return _unbase64url(protocol.strip().removeprefix(TOKEN_SUBPROTOCOL))
     query = request.query_arguments.get("token")
     return query[0] if query else None
+
+
+def _unbase64url(text: str) -> bytes:
+    """The token in a subprotocol; b"" (a wrong token) when it isn't base64url."""
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def is_valid(token: bytes | None, tokens: tuple[Token, ...]) -> bool:

@@ -80,6 +80,7 @@ class Daemon:
         self.generation = 1
         self.started_at = time.time()
         self.last_reload: dict[str, Any] | None = None
+        self.reload_observers: list[Callable[[dict[str, Any]], None]] = []  # told of each recorded reload (live.py)
         self.restart_needed: list[str] = []
         self.unfinished: list[str] = []  # after shutdown: what could not be waited for
         self.torch_threads: int | None = None  # what torch_threads (or auto) resolved to
@@ -456,6 +457,15 @@ class Daemon:
             self.log.error(
                 "reload", result=result, generation=self.generation, took_s=took, exc_info=exc_info, **details
             )
+        self._tell_reload_observers(self.last_reload)
+
+    def _tell_reload_observers(self, record: dict[str, Any]) -> None:
+        """Hand the reload's record on (the console's live feed); an observer's bug can't undo the reload."""
+        for observer in list(self.reload_observers):
+            try:
+                observer(record)
+            except Exception as exc:  # noqa: BLE001 - the reload is done and recorded; log and go on
+                self.log.error("reload observer failed", observer=repr(observer), exc_info=exc)
 
     # -- status ----------------------------------------------------------------------------
 
@@ -502,6 +512,7 @@ SERVER_APPLIERS: dict[str, ServerApplier | None] = {
     "allowed_hosts": READ_LIVE,
     "max_depth": READ_LIVE,
     "drain_timeout_s": READ_LIVE,
+    "console": READ_LIVE,
     "host": READ_LIVE,
     "port": READ_LIVE,
 }

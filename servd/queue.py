@@ -126,7 +126,7 @@ class FairLevel:
         the client's last queued request; clients before it in the round get one more each."""
         mine = self._clients.get(client)
         if mine is None:
-            return sum(1 for _ in self._clients)  # one round: every waiting client's next request
+            return len(self._clients)  # one round: every waiting client's next request
         depth = len(mine)
         ahead, before = 0, True
         for other, waiting in self._clients.items():

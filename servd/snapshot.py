@@ -29,6 +29,7 @@ def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
         else {"max_size": spec.batch.max_size, "max_delay_ms": spec.batch.max_delay_ms, "wait": spec.batch.wait},
         "api_open": spec.api_open,
         "input_schema": None if spec.input_schema is None else dict(spec.input_schema),
+        "openai": None if spec.openai is None else {"model": spec.openai.model},
         "accepting": endpoint.accepting,
         "stats": _live_stats(endpoint),
     }

@@ -54,6 +54,7 @@ class ServerSpec:
     drain_timeout_s: float = 30.0
     torch_threads: int | None = None  # None = auto
     ping_interval_s: float = 20.0
+    console: bool = True  # the web console at / (handlers/console.py)
     log: LogSpec = field(default_factory=LogSpec)
 
 
@@ -190,7 +191,8 @@ def _cross_field_problems(data: dict[str, Any], located: Located) -> list[Proble
 
 def _model_name_problems(data: dict[str, Any], located: Located) -> list[Problem]:
     """Each OpenAI model name names one endpoint: a request's `model` must find exactly one."""
-    problems, served_by = [], {}
+    problems: list[Problem] = []
+    served_by: dict[str, str] = {}
     for name, ep in data["endpoints"].items():
         if ep["openai"] is None:
             continue
@@ -221,6 +223,7 @@ def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
         drain_timeout_s=float(server["drain_timeout_s"]),
         torch_threads=None if torch_threads == "auto" else torch_threads,
         ping_interval_s=float(server["ping_interval_s"]),
+        console=server["console"],
         log=log,
     )
     endpoints = {name: _endpoint(name, ep) for name, ep in data["endpoints"].items()}

@@ -93,7 +93,7 @@ def test_a_class_and_a_generator_pass(tmp_path):
 def test_the_repository_servd_yaml_passes():
     """The shipped config checks clean: examples import, devices exist."""
     spec = load_checked(Path(__file__).resolve().parent.parent / "servd.yaml").spec
-    assert set(spec.endpoints) == {"echo", "classify", "words"}
+    assert set(spec.endpoints) == {"echo", "classify", "words", "chat"}
 
 
 def test_a_module_that_does_not_exist_is_an_error_at_the_entrypoint(tmp_path):

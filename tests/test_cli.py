@@ -73,7 +73,7 @@ def test_check_passes_the_repository_config():
     """`servd check servd.yaml` on the shipped file exits 0 and names its endpoints."""
     result = servd_cli("check", "servd.yaml")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "servd: servd.yaml: ok (3 endpoints: echo, classify, words)"
+    assert result.stdout.strip() == "servd: servd.yaml: ok (4 endpoints: echo, classify, words, chat)"
 
 
 BAD = """\

@@ -25,12 +25,12 @@ LAYERS: list[set[str]] = [
     {  # values, rules and leaf services: nothing here knows of a running endpoint
         "errors", "schema", "spec", "reload", "batching", "protocol", "request", "failures", "stats",
         "compat", "logs", "systemd", "hostcheck", "auth", "gcpolicy", "devices", "entrypoints", "watch",
-        "metrics", "queue", "workers", "docs", "validation", "webguard", "admission",
+        "metrics", "queue", "workers", "docs", "validation", "webguard", "admission", "openai_shapes",
     },
     {"check", "instances"},
     {"endpoint"},
     {"daemon", "snapshot"},
-    {"handlers", "handlers.base", "handlers.http", "handlers.ops", "handlers.ws"},
+    {"handlers", "handlers.base", "handlers.http", "handlers.ops", "handlers.ws", "handlers.openai"},
     {"app", "listener"},
     {"service"},
     {"cli", "__main__"},
@@ -50,6 +50,7 @@ PURE = {
     "queue",
     "admission",
     "webguard",
+    "openai_shapes",
 }
 RUNTIME_LIBRARIES = {"tornado", "torch"}
 

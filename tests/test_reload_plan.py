@@ -98,10 +98,11 @@ def test_comments_order_and_explicit_defaults_plan_nothing(tmp_path):
         ("api_open", False),
         ("input_schema", {"type": "array"}),
         ("input_schema", None),
+        ("openai", {"model": "tagged-chat"}),
     ],
 )
 def test_a_limit_change_retunes_the_endpoint_in_place(tmp_path, dotted, value):
-    """concurrency, queue.*, batch.*, api_open and input_schema are limits: applied in place."""
+    """concurrency, queue.*, batch.*, api_open, input_schema and openai are limits: applied in place."""
     old = spec_from(tmp_path, BASE)
     new = spec_from(tmp_path, edited(f"endpoints.tagged.{dotted}", value))
     result = plan(old, new)

@@ -77,6 +77,11 @@ class QueueSocket(WebSocketHandler):
             self.set_header("WWW-Authenticate", 'Bearer realm="servd"')  # RFC 9110: a 401 must carry one
         self.finish(error_body(code, message))  # an HTTP answer: the HTTP error shape
 
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        """"servd" when offered (the console offers it beside its token, auth.TOKEN_SUBPROTOCOL):
+        browsers drop a connection whose offered subprotocols get no answer. Never the token's."""
+        return auth.SUBPROTOCOL if auth.SUBPROTOCOL in subprotocols else None
+
     def check_origin(self, origin: str) -> bool:
         """Tornado's own check, after get()'s: the same rule (webguard.origin_allowed)."""
         allowed = self.daemon.spec.server.allowed_origins
