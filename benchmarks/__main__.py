@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks import common
 
-BENCHMARKS = ("echo", "mlp", "reload", "soak", "idle", "scheduling")
+BENCHMARKS = ("echo", "mlp", "v2", "reload", "soak", "idle", "scheduling", "console_cost")
 
 
 def available() -> list[str]:

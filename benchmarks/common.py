@@ -357,6 +357,7 @@ class Workload:
     path: str
     message: Callable[[int], bytes]
     is_reply: Callable[[int, bytes], bool]
+    opcode: int = 0x1  # 0x2: the messages are binary frames (servd/frames.py)
 
 
 @dataclass
@@ -459,7 +460,7 @@ class _Client(asyncio.Protocol):
         self.waiting = True
         self.shared.outstanding += 1
         self.sent_at = time.perf_counter()
-        self._write(_frame(self.shared.workload.message(self.seq)))
+        self._write(_frame(self.shared.workload.message(self.seq), self.shared.workload.opcode))
 
     def _on_message(self, payload: bytes) -> None:
         now = time.perf_counter()

@@ -7,6 +7,7 @@ and what the benchmark calls in-process, so both pay the same list-to-tensor con
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import torch
 from torch import nn
@@ -29,3 +30,15 @@ class MLP:
         x = torch.tensor(inputs, dtype=torch.float32, device=self.device)
         with torch.inference_mode():
             return self.net(x).tolist()  # type: ignore[no-any-return]
+
+
+class MLPTensors(MLP):
+    """The same model on declared tensors: x FP32 [-1, 256] in, y FP32 [-1, 16] out, rows stacked
+    by servd (tensors: in servd.yaml). Takes numpy arrays or, with tensors.as: torch, tensors."""
+
+    def __call__(self, inputs: dict[str, Any]) -> dict[str, Any]:  # type: ignore[override]
+        x = inputs["x"]
+        if not isinstance(x, torch.Tensor):
+            x = torch.from_numpy(x).to(self.device)
+        with torch.inference_mode():
+            return {"y": self.net(x)}

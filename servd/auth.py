@@ -11,7 +11,6 @@ from pathlib import Path
 
 from tornado.httputil import HTTPServerRequest
 
-
 # Browsers can't set headers on a websocket; the console offers its token as a subprotocol instead
 # (as Kubernetes does), base64url-encoded since tokens may hold characters a subprotocol can't:
 # `new WebSocket(url, ["servd", "servd.bearer." + base64url(token)])`. servd answers "servd".

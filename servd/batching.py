@@ -6,6 +6,7 @@ WaitUntil. That keeps the policy testable on its own and the dispatcher free of 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -46,6 +47,21 @@ def decide(
     if now >= release_at:
         return RunNow(waiting)
     return WaitUntil(release_at)
+
+
+def fit_rows(rows: Iterable[int], max_rows: int) -> tuple[int, int, bool]:
+    """Stacked tensors: of the queued requests' row counts (in queue order), how many lead the
+    queue into one call of at most `max_rows` rows (at least one, even a request larger than an
+    OOM-lowered size), their rows, and whether that call is full: the next request won't fit, so
+    waiting for company can't grow it. Reads only as far as a call reaches."""
+    count = total = 0
+    for size in rows:
+        if count and total + size > max_rows:
+            return count, total, True
+        count, total = count + 1, total + size
+        if total >= max_rows:
+            return count, total, True
+    return count, total, False
 
 
 def lowered_batch_size(current: int, failed_size: int) -> int:

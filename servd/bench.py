@@ -13,6 +13,10 @@ so anything but 0 is a bug. A dropped connection is counted as the error `connec
 `--priority P` sends every request at level P, `--priority-mix 1:0.2,3:0.8` draws each request's
 level at random with those weights, and `--deadline-s S` gives each request its own deadline;
 the results are then also split by level. What is printed lives in servd.bench_report.
+
+`--data-file x.npy` (or `.npz`, several named arrays) loads a tensor workload: over the
+websocket each request is one binary frame (README: Binary frames), over HTTP the arrays go as
+JSON lists. A `.npy` array is sent as the input named by `--tensor` (default x).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 
 from servd.bench_report import failures, summary_text, table_text
 from servd.client._http import Pool, Target
+from servd.client._tensors import as_json, submit_frame
 from servd.client.aio import scheduling_fields
 from servd.client.errors import ConnectFailed, ServdError, error_from_body
 
@@ -61,6 +66,7 @@ class Options:
     progress: bool = False
     priorities: tuple[tuple[int, float], ...] = ()  # (level, weight); () sends no priority
     deadline_s: float | None = None
+    arrays: dict[str, Any] | None = field(default=None, compare=False)  # a tensor workload (--data-file x.npy)
 
     @property
     def title(self) -> str:
@@ -129,6 +135,9 @@ class WsChannel:
         self.prefix = f'{{"type":"submit","endpoint":{json.dumps(options.endpoint)},"progress":false,"id":'
         self.suffixes = {level: f',"data":{options.data_json}{fields}}}' for level, fields in options.fields().items()}
         self.next_id = 0
+        self.endpoint = options.endpoint
+        self.arrays = options.arrays
+        self.fields = {level: fields + ',"progress":false' for level, fields in options.fields().items()}
 
     @classmethod
     async def open(cls, options: Options) -> WsChannel:
@@ -154,15 +163,19 @@ class WsChannel:
 
         self.next_id += 1
         request_id = self.next_id
+        if self.arrays is not None:  # one binary frame (servd/frames.py)
+            message_out: str | bytes = submit_frame(request_id, self.endpoint, self.arrays, self.fields[priority])
+        else:
+            message_out = f"{self.prefix}{request_id}{self.suffixes[priority]}"
         try:
-            await self.conn.write_message(f"{self.prefix}{request_id}{self.suffixes[priority]}")
+            await self.conn.write_message(message_out, binary=isinstance(message_out, bytes))
         except WebSocketClosedError:
             raise Lost from None
         while True:
             text = await self.conn.read_message()
             if text is None:
                 raise Lost
-            message = json.loads(text)
+            message = json.loads(text if isinstance(text, str) else text[4 : 4 + int.from_bytes(text[:4], "little")])
             if message.get("id") not in (request_id, None):
                 continue  # an answer to an earlier request that was counted as lost
             if message.get("type") == "completed":
@@ -399,7 +412,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", type=int, default=100_000, help="at most this many per level (default 100000)")
     payload = parser.add_mutually_exclusive_group()
     payload.add_argument("--data", default="null", help="request data as a JSON literal (default null)")
-    payload.add_argument("--data-file", type=Path, help="request data from a JSON file")
+    payload.add_argument(
+        "--data-file", type=Path, help="request data from a JSON file, or tensors from a .npy or .npz file"
+    )
+    parser.add_argument("--tensor", default="x", help="with --data-file x.npy: the input's name (default x)")
     parser.add_argument("--transport", choices=("ws", "http"), default="ws", help="websocket (default) or HTTP POST")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of unmeasured load first (default 1)")
     parser.add_argument("--token", default=os.environ.get("SERVD_TOKEN"), help="bearer token (default $SERVD_TOKEN)")
@@ -427,9 +443,11 @@ def options_from(args: argparse.Namespace) -> Options:
         raise ValueError(f"--clients must be between 1 and {MAX_CLIENTS}, got {args.clients!r}")
     if args.duration <= 0 or args.requests < 1 or args.warmup < 0 or args.drain < 0:
         raise ValueError("--duration and --requests must be positive, --warmup and --drain not negative")
-    text = args.data_file.read_text("utf-8") if args.data_file else args.data
+    arrays = _arrays(args.data_file, args.tensor) if args.data_file else None
+    text = args.data_file.read_text("utf-8") if args.data_file and arrays is None else args.data
     try:
-        data_json = json.dumps(json.loads(text), separators=(",", ":"), allow_nan=False)
+        data = json.loads(text) if arrays is None else as_json(arrays)
+        data_json = json.dumps(data, separators=(",", ":"), allow_nan=False)
     except ValueError as exc:
         raise ValueError(f"{'--data-file' if args.data_file else '--data'} is not valid JSON: {exc}") from None
     Target.parse(args.url)
@@ -438,7 +456,26 @@ def options_from(args: argparse.Namespace) -> Options:
         data_json=data_json, transport=args.transport, warmup_s=args.warmup, token=args.token or None,
         drain_s=args.drain, progress=not args.no_progress and sys.stderr.isatty(),
         priorities=_priorities(args.priority, args.priority_mix), deadline_s=_deadline(args.deadline_s),
+        arrays=arrays,
     )  # fmt: skip
+
+
+def _arrays(path: Path, name: str) -> dict[str, Any] | None:
+    """The arrays of a .npy (one, sent as input `name`) or .npz file (each by its name); None otherwise."""
+    if path.suffix not in (".npy", ".npz"):
+        return None
+    try:
+        import numpy as np
+    except ImportError:
+        raise ValueError("--data-file: reading .npy and .npz files needs numpy (pip install numpy)") from None
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise ValueError(f"--data-file {path}: {exc}") from None
+    if path.suffix == ".npy":
+        return {name: loaded}
+    with loaded:
+        return {key: loaded[key] for key in loaded.files}
 
 
 def _priorities(priority: int | None, mix: str | None) -> tuple[tuple[int, float], ...]:

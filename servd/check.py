@@ -47,6 +47,9 @@ def load_checked(path: str | os.PathLike[str], *, fresh_imports: bool = False) -
         except entrypoints.EntrypointError as exc:
             problems.append(spec.problem(f"endpoints.{name}.entrypoint", str(exc)))
             continue
+        if ep.tensors is not None and resolved[name].streams:
+            message = f"{ep.entrypoint} is a generator; an endpoint with tensors: must return its outputs, not yield"
+            problems.append(spec.problem(f"endpoints.{name}.tensors", message))
         try:
             placed[name] = tuple(devices.resolve(ep.devices))
         except devices.DeviceError as exc:

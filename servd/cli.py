@@ -1,4 +1,4 @@
-"""Command line: `servd run FILE`, `servd check FILE`, `servd schema`. The only place that exits."""
+"""Command line: `servd run FILE`, `servd check FILE`, `servd schema`, `servd tune FILE`. The only place that exits."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from servd.schema import SpecError
 
 
-SERVER_DEPENDENCIES = {"yaml", "jsonschema", "structlog", "watchdog", "prometheus_client", "orjson", "torch"}
+SERVER_DEPENDENCIES = {"yaml", "jsonschema", "structlog", "watchdog", "prometheus_client", "orjson", "torch", "ruamel"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -59,6 +59,10 @@ def _command(args: argparse.Namespace) -> int:
         from servd import bench
 
         return bench.main(args)
+    if args.command == "tune":
+        from servd import tune
+
+        return tune.main(args)
     _parser().print_help()
     return 2
 
@@ -85,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     from servd import bench
 
     bench.add_arguments(commands.add_parser("bench", help="closed-loop load against a running servd; latency, errors"))
+    from servd import tune
+
+    tune.add_arguments(commands.add_parser("tune", help="find the best concurrency and batching of an endpoint"))
     return parser
 
 

@@ -383,6 +383,9 @@ class Daemon:
                 f"apply server.{key}", functools.partial(applier, self, new), failures
             ):
                 applied = dataclasses.replace(applied, **{key: getattr(self.spec.server, key)})
+        if "tokens_file" not in change.server_changed and new.tokens_file is not None:
+            # the same file, perhaps edited: SIGHUP after removing a token must revoke it
+            self._step("re-read server.tokens_file", functools.partial(self._apply_tokens, new), failures)
         self.restart_needed = [f"server.{key}" for key in change.needs_restart]
         if self.restart_needed:
             applied = dataclasses.replace(applied, host=self.spec.server.host, port=self.spec.server.port)
@@ -464,7 +467,7 @@ class Daemon:
         for observer in list(self.reload_observers):
             try:
                 observer(record)
-            except Exception as exc:  # noqa: BLE001 - the reload is done and recorded; log and go on
+            except Exception as exc:  # the reload is done and recorded: log and go on
                 self.log.error("reload observer failed", observer=repr(observer), exc_info=exc)
 
     # -- status ----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 from tornado.ioloop import IOLoop
 
-from servd import admission, batching, protocol
+from servd import admission, batching, protocol, tensors
 from servd.entrypoints import Model
 from servd.errors import ErrorCode, ServdError
 from servd.failures import clip, log_safely, safe_str
@@ -46,6 +46,7 @@ class Batch:
     requests: list[Request]
     instance: Instance
     started_at: float
+    size: int = 0  # requests, or rows on a stacked tensor endpoint: what batch.max_size counts
     job: Job | None = None
 
     def is_wanted(self) -> bool:
@@ -65,6 +66,7 @@ class Endpoint:
         self.accepting = True
         self.working_batch_size = spec.batch.max_size if spec.batch else 1
         self._validator = _validator(spec)
+        self._layout = _layout(spec)
         self._batches: set[Batch] = set()
         self._wake: Any = None
         self._wake_at = 0.0
@@ -125,7 +127,22 @@ class Endpoint:
             raise ServdError(ErrorCode.UNAVAILABLE, f"endpoint {self.name!r} is not accepting requests (draining)")
         if self._validator is not None:  # large data is checked on the worker instead (validation.py)
             request.data = self._validator.admit(request.data, request.size)
+        elif self._layout is not None:
+            request.data = self._admit_tensors(self._layout, request.data)
         self.queue.check_room(request.client)
+
+    def _admit_tensors(self, layout: tensors.Layout, data: Any) -> tensors.TensorInput:
+        """Declared tensors, checked before anything is queued; a batched request's rows must fit a call."""
+        try:
+            tensor = tensors.admit(layout, data)
+        except tensors.TensorError as exc:
+            raise ServdError(ErrorCode.INVALID_INPUT, str(exc)) from None
+        if layout.batched and self.spec.batch is not None and tensor.rows > self.spec.batch.max_size:
+            raise ServdError(
+                ErrorCode.INVALID_INPUT,
+                f"{tensor.rows} rows; batch.max_size={self.spec.batch.max_size} rows is the most one call takes",
+            )
+        return tensor
 
     def cancel(self, request: Request, message: str = "cancelled by the client") -> None:
         """End a queued or running request with `cancelled`; a queued one never runs."""
@@ -183,9 +200,14 @@ class Endpoint:
     def _batch_count(self) -> int | None:
         if self.spec.batch is None:
             return 1
+        waiting, fitting = len(self.queue), 0
+        if self._layout is not None:  # stacked tensors: batch.max_size counts rows
+            fitting, waiting, full = batching.fit_rows((r.data.rows for r in self.queue), self.working_batch_size)
+            if full:
+                return fitting
         now = self.loop.time()
         decision = batching.decide(
-            len(self.queue),
+            waiting,
             self.working_batch_size,
             self.queue.oldest_admitted_at(),
             self.spec.batch.max_delay_ms / 1000,
@@ -195,6 +217,8 @@ class Endpoint:
         if isinstance(decision, batching.WaitUntil):
             self._arm_wake(decision.when)
             return None
+        if decision and self._layout is not None:
+            return fitting
         return decision.count if decision else None
 
     def _arm_wake(self, when: float) -> None:
@@ -216,7 +240,9 @@ class Endpoint:
             request.started_at = now
             if request.progress:
                 request.sink.send(request, protocol.started(request.id))
-        batch = Batch(requests, instance, now)
+        layout = self._layout
+        size = sum(r.data.rows for r in requests) if layout is not None and layout.batched else len(requests)
+        batch = Batch(requests, instance, now, size)
         instance.running += 1
         self._batches.add(batch)
         job = Job(
@@ -226,6 +252,7 @@ class Endpoint:
             on_partial=functools.partial(self._on_partial, batch),
             on_done=functools.partial(self._on_done, batch),
             is_wanted=batch.is_wanted,
+            tensors=layout,
         )
         batch.job = job
         self.runner.run(job)
@@ -237,7 +264,7 @@ class Endpoint:
 
     def _on_done(self, batch: Batch, result: BatchResult) -> None:
         self._batches.discard(batch)
-        size = len(batch.requests)
+        size = batch.size
         if not any(isinstance(o.error, CancelledBeforeStart) for o in result.outcomes):
             self.stats.record_batch(result.run_s)
             self.metrics.batch_size.observe(size)
@@ -258,7 +285,7 @@ class Endpoint:
             queue_s = request.started_at - request.admitted_at
             if outcome.batch_size:  # the call that produced it (failure isolation makes smaller ones)
                 run_s, size = outcome.run_s, outcome.batch_size
-            self.finish(request, Completed(outcome.data_json, queue_s, run_s, size))
+            self.finish(request, Completed(outcome.data_json, queue_s, run_s, size, outcome.payload))
         elif isinstance(outcome.error, InvalidInput):
             self.finish(request, Failed(ErrorCode.INVALID_INPUT, str(outcome.error)))
         elif request.state is not State.DONE:
@@ -376,6 +403,7 @@ class Endpoint:
         self.queue.reconfigure(spec.queue)
         self._schedule_broadcast()  # a new order or levels re-sorted what waits
         self._validator = _validator(spec)
+        self._layout = _layout(spec)
         self._pump()
 
     def running_count(self) -> int:
@@ -420,3 +448,7 @@ class Endpoint:
 
 def _validator(spec: EndpointSpec) -> InputCheck | None:
     return None if spec.input_schema is None else InputCheck(spec.input_schema)
+
+
+def _layout(spec: EndpointSpec) -> tensors.Layout | None:
+    return None if spec.tensors is None else tensors.Layout(spec.tensors, spec.batch is not None)

@@ -12,7 +12,7 @@ growing queue. Reload events are never skipped.
 Events (each `event: KIND` with `data:` one JSON object carrying `"type": KIND`):
 - hello: on subscribing; `interval_s`, `history` {endpoint: {t, rps, p99_s}} and recent `reloads`
 - status: `at`, `status` (as /v1/status, plus `connections` and `consoles`), `endpoints` (as
-  /v1/endpoints), `sample` {endpoint: {rps, p99_s}} (the history's newest point)
+  /v1/endpoints), `sample` {endpoint: {t, rps, p99_s}} (the history's newest point; {} before one)
 - reload: each reload's record, as /v1/status's last_reload
 """
 
@@ -65,7 +65,7 @@ class Series:
     p99_s: deque[float | None] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
 
     def latest(self) -> dict[str, Any]:
-        return {"rps": self.rps[-1], "p99_s": self.p99_s[-1]} if self.t else {"rps": None, "p99_s": None}
+        return {"t": self.t[-1], "rps": self.rps[-1], "p99_s": self.p99_s[-1]} if self.t else {}
 
     def as_dict(self) -> dict[str, list[Any]]:
         return {"t": list(self.t), "rps": list(self.rps), "p99_s": list(self.p99_s)}

@@ -1,7 +1,8 @@
 """GET /openapi.json: an OpenAPI 3.1 document of the running config. Pure: a function of a Spec.
 
 Each endpoint gets its own path, `/v1/endpoints/{name}` written out, so that its request body can
-carry its own `input_schema` (OpenAPI 3.1 schemas are JSON Schema 2020-12, as input_schema is) and
+carry its own `input_schema` (OpenAPI 3.1 schemas are JSON Schema 2020-12, as input_schema is;
+each is a component, `{name}.input`, which documents the websocket's `data` as well) and
 its responses list only the error codes it can answer with (invalid_input only with a schema,
 client_limit only with max_per_client, ...). The websocket queue can't be described in OpenAPI;
 `GET /v1/ws` is listed with its 101 answer and a pointer to the README's protocol section.
@@ -13,7 +14,7 @@ the server's own message, read from this document (components.schemas.ErrorCode)
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from servd.errors import ErrorCode
@@ -55,15 +56,21 @@ ALWAYS = (
     ErrorCode.TIMEOUT,  # a request's own deadline_s, even without queue.timeout_s
 )
 OPERATIONS_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+OBJECT: dict[str, Any] = {"type": "object"}
+TEXT: dict[str, Any] = {"type": "string"}
 
 
 def document(spec: Spec, version: str, generation: int) -> dict[str, Any]:
     """The OpenAPI 3.1 document of `spec`: one path per endpoint, the operator routes, the errors."""
     tokens = spec.server.tokens_file is not None
     paths: dict[str, Any] = {}
+    inputs: dict[str, Any] = {}
     for endpoint in spec.endpoints.values():
         paths[f"/v1/endpoints/{endpoint.name}"] = _endpoint_path(endpoint, tokens)
+        inputs[input_component(endpoint.name)] = input_schema(endpoint)
     paths.update(_operator_paths(tokens))
+    components = _components(tokens)
+    components["schemas"].update(inputs)
     doc: dict[str, Any] = {
         "openapi": OPENAPI_VERSION,
         "info": {
@@ -76,7 +83,7 @@ def document(spec: Spec, version: str, generation: int) -> dict[str, Any]:
             ),
         },
         "paths": paths,
-        "components": _components(tokens),
+        "components": components,
     }
     if tokens:
         doc["security"] = [{"bearer": []}]
@@ -108,7 +115,7 @@ def _endpoint_path(endpoint: EndpointSpec, tokens: bool) -> dict[str, Any]:
         "summary": f"{endpoint.name}'s effective config and live stats",
         "tags": ["endpoints"],
         "responses": {
-            "200": {"description": "As one item of GET /v1/endpoints.", "content": {JSON: {"schema": {"type": "object"}}}},
+            "200": {"description": "As one item of GET /v1/endpoints.", "content": {JSON: {"schema": OBJECT}}},
             **_error_responses([*_auth_codes(tokens), ErrorCode.UNKNOWN_ENDPOINT]),
         },
     }
@@ -131,8 +138,15 @@ def _auth_codes(tokens: bool) -> list[ErrorCode]:
     return [ErrorCode.UNAUTHORIZED] if tokens else []
 
 
+def input_component(name: str) -> str:
+    """The component holding endpoint `name`'s input schema (the websocket's `data` too, so it is
+    there for api_open: false endpoints as well). Endpoint names are valid component names."""
+    return f"{name}.input"
+
+
 def _request_body(endpoint: EndpointSpec) -> dict[str, Any]:
-    data = input_schema(endpoint)
+    data = {"$ref": f"#/components/schemas/{input_component(endpoint.name)}"}
+    sample = example(endpoint.input_schema)
     levels = endpoint.queue.priority_levels
     schema = {
         "type": "object",
@@ -151,26 +165,30 @@ def _request_body(endpoint: EndpointSpec) -> dict[str, Any]:
     }  # fmt: skip
     return {
         "required": True,
-        "content": {JSON: {"schema": schema, "examples": {"example": {"value": {"data": example(data)}}}}},
+        "content": {JSON: {"schema": schema, "examples": {"example": {"value": {"data": sample}}}}},
     }
 
 
 def input_schema(endpoint: EndpointSpec) -> dict[str, Any]:
-    """The endpoint's input_schema, made a schema resource of its own (an `$id`), so that a `$ref` inside
-    it ("#/$defs/...") resolves within it rather than against this document; {} (any JSON) without one."""
+    """The endpoint's input_schema as a component: its own `$ref`s ("#/$defs/...", "#") rewritten to
+    point inside the component, since in this document "#" is the document (tools differ on `$id`
+    scoping, a rewritten pointer works in all); any JSON without one. `examples` (an annotation:
+    it validates nothing) gets the example the try-it form starts from."""
     if endpoint.input_schema is None:
-        return {"description": "Any JSON: this endpoint has no input_schema."}
-    schema = _plain(endpoint.input_schema)
-    schema.setdefault("$id", f"urn:servd:endpoint:{endpoint.name}:input")
-    return schema  # type: ignore[no-any-return]
+        return {"description": "Any JSON: this endpoint has no input_schema.", "examples": [example(None)]}
+    here = f"#/components/schemas/{input_component(endpoint.name)}"
+    schema: dict[str, Any] = _plain(endpoint.input_schema, lambda ref: here + ref[1:] if ref.startswith("#") else ref)
+    schema.setdefault("examples", [example(endpoint.input_schema)])
+    return schema
 
 
-def _plain(value: Any) -> Any:
-    """Mappings (the spec's read-only proxies) and lists as plain JSON values."""
+def _plain(value: Any, ref: Callable[[str], str] = str) -> Any:
+    """Mappings (the spec's read-only proxies) and lists as plain JSON values, each `$ref` passed
+    through `ref`."""
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): ref(v) if k == "$ref" and isinstance(v, str) else _plain(v, ref) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, ref) for v in value]
     return value
 
 
@@ -223,7 +241,7 @@ def _operator_paths(tokens: bool) -> dict[str, Any]:
             responses.update(auth)
         return {"get": operation}
 
-    obj, text = {"type": "object"}, {"type": "string"}
+    obj, text = OBJECT, TEXT
     ws = {
         "summary": "The websocket queue: many requests, any endpoint, with rank, ETA and partial results",
         "description": "Open with a websocket handshake (token: Authorization, ?token=, or the subprotocol "
@@ -262,7 +280,7 @@ def _components(tokens: bool) -> dict[str, Any]:
                     "error": {
                         "type": "object",
                         "required": ["code", "message"],
-                        "properties": {"code": {"$ref": "#/components/schemas/ErrorCode"}, "message": {"type": "string"}},
+                        "properties": {"code": {"$ref": "#/components/schemas/ErrorCode"}, "message": TEXT},
                     }
                 },
             },
@@ -326,4 +344,4 @@ def _number(schema: Mapping[str, Any], integer: bool) -> float | int:
         value = min(0, high - 1)
     else:
         value = 0
-    return int(value) if integer else value
+    return int(value) if integer or float(value).is_integer() else value

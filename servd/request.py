@@ -23,12 +23,16 @@ class State(enum.Enum):
 
 @dataclass(slots=True, frozen=True)
 class Completed:
-    """A result: `data_json` is the entrypoint's return value, already JSON-encoded off the loop."""
+    """A result: `data_json` is the entrypoint's return value, already JSON-encoded off the loop.
+
+    A tensor request whose transport sends something else (a v2 body, binary frames) gets it
+    encoded off the loop too, as `payload` (its `data_json` is then "null")."""
 
     data_json: str
     queue_s: float
     run_s: float
     batch_size: int
+    payload: Any = None
 
     @property
     def outcome(self) -> str:

@@ -29,6 +29,8 @@ __all__ = [
     "ServerSpec",
     "Spec",
     "SpecError",
+    "TensorSpec",
+    "TensorsSpec",
     "parse",
 ]
 
@@ -88,6 +90,24 @@ class OpenAISpec:
 
 
 @dataclass(frozen=True)
+class TensorSpec:
+    """One declared tensor: its name, v2 datatype and shape (-1 = any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class TensorsSpec:
+    """The endpoint's declared tensors (tensors.py checks requests against them)."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    as_: str = "numpy"  # numpy | torch: what the entrypoint is handed
+
+
+@dataclass(frozen=True)
 class EndpointSpec:
     name: str
     entrypoint: str
@@ -99,6 +119,7 @@ class EndpointSpec:
     api_open: bool = True
     input_schema: Mapping[str, Any] | None = None
     openai: OpenAISpec | None = None
+    tensors: TensorsSpec | None = None
 
     @property
     def model_key(self) -> tuple[str, str, tuple[str, ...]]:
@@ -186,6 +207,30 @@ def _cross_field_problems(data: dict[str, Any], located: Located) -> list[Proble
                 problems.append(
                     located.problem(("endpoints", name, "input_schema"), f"not a valid JSON Schema: {exc.message}")
                 )
+        if ep["tensors"] is not None:
+            problems += _tensor_problems(name, ep, located)
+    return problems
+
+
+def _tensor_problems(name: str, ep: dict[str, Any], located: Located) -> list[Problem]:
+    """Names unique per side; no input_schema beside tensors; with batch:, every first dimension -1."""
+    problems: list[Problem] = []
+    if ep["input_schema"] is not None:
+        message = "an endpoint with tensors: has its inputs declared there; remove input_schema (or tensors)"
+        problems.append(located.problem(("endpoints", name, "input_schema"), message))
+    for side in ("inputs", "outputs"):
+        seen: set[str] = set()
+        for index, tensor in enumerate(ep["tensors"][side]):
+            at = ("endpoints", name, "tensors", side, index)
+            if tensor["name"] in seen:
+                problems.append(located.problem((*at, "name"), f"{side[:-1]} {tensor['name']!r} is declared twice"))
+            seen.add(tensor["name"])
+            if ep["batch"] is not None and tensor["shape"][0] != -1:
+                message = (
+                    f"{tensor['shape']}: with batch:, the first dimension is the rows, stacked across requests; "
+                    f"write -1 first (e.g. {[-1, *tensor['shape'][1:]]})"
+                )
+                problems.append(located.problem((*at, "shape"), message))
     return problems
 
 
@@ -254,4 +299,15 @@ def _endpoint(name: str, ep: dict[str, Any]) -> EndpointSpec:
         api_open=ep["api_open"],
         input_schema=MappingProxyType(ep["input_schema"]) if ep["input_schema"] is not None else None,
         openai=None if ep["openai"] is None else OpenAISpec(model=ep["openai"]["model"] or name),
+        tensors=_tensors(ep["tensors"]),
     )
+
+
+def _tensors(block: dict[str, Any] | None) -> TensorsSpec | None:
+    if block is None:
+        return None
+
+    def side(items: list[dict[str, Any]]) -> tuple[TensorSpec, ...]:
+        return tuple(TensorSpec(t["name"], t["datatype"], tuple(t["shape"])) for t in items)
+
+    return TensorsSpec(side(block["inputs"]), side(block["outputs"]), block["as"])

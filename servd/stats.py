@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -20,13 +21,22 @@ class Stats:
     runs: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     totals: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     eta_errors: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))  # |actual - ETA|
+    # Running totals since start, for the v2 statistics extension (handlers/v2.py).
+    batches: int = 0
+    queue_s_total: float = 0.0
+    run_s_total: float = 0.0
+    last_completed_at: float | None = None  # wall clock (time.time()), None before any
 
     def record_batch(self, run_s: float) -> None:
         previous = self.batch_time_s
+        self.batches += 1
         self.batch_time_s = run_s if previous is None else previous + EWMA_WEIGHT * (run_s - previous)
 
     def record_completed(self, queue_s: float, run_s: float) -> None:
         self.completed += 1
+        self.queue_s_total += queue_s
+        self.run_s_total += run_s
+        self.last_completed_at = time.time()
         self.waits.append(queue_s)
         self.runs.append(run_s)
         self.totals.append(queue_s + run_s)

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from tornado.ioloop import IOLoop
 from tornado.log import app_log
 
-from servd import protocol
+from servd import protocol, tensors
 from servd.devices import is_oom, loaded_torch, sync_torch_threads
 from servd.entrypoints import Model
 from servd.validation import InvalidInput, Unchecked
@@ -43,6 +43,7 @@ class Outcome:
     error: BaseException | None = None
     run_s: float = 0.0
     batch_size: int = 0
+    payload: Any = None  # a tensor call's outputs; after execute, what its reply made of them if not JSON
 
 
 @dataclass(slots=True)
@@ -60,6 +61,7 @@ class Job:
     on_partial: Callable[[int, list[str]], None]  # (offset, JSON texts); called on the loop
     on_done: Callable[[BatchResult], None]  # called on the loop
     is_wanted: Callable[[], bool]  # read from the worker: False once every request ended
+    tensors: tensors.Layout | None = None  # declared tensors: inputs are TensorInputs, stacked on a batched endpoint
     finished: bool = False  # written under the pool's lock
     abandoned: bool = False
     pool: Any = None
@@ -204,11 +206,30 @@ def execute(job: Job, emit: Callable[[int, list[str]], None]) -> BatchResult:
     oom_sizes: list[int] = []
     sync_torch_threads()
     with _inference_mode():
-        if any(type(value) is Unchecked for value in job.inputs):
+        if job.tensors is not None:
+            outcomes = _run_isolating(job, job.inputs, 0, emit, oom_sizes)
+            _reply(job.inputs, outcomes)
+        elif any(type(value) is Unchecked for value in job.inputs):
             outcomes = _check_then_run(job, emit, oom_sizes)
         else:
             outcomes = _run_isolating(job, job.inputs, 0, emit, oom_sizes)
     return BatchResult(outcomes, time.perf_counter() - started, oom_sizes)
+
+
+def _reply(inputs: list[tensors.TensorInput], outcomes: list[Outcome]) -> None:
+    """Each tensor request's outputs encoded as its transport wants them, here on the worker."""
+    for request, outcome in zip(inputs, outcomes, strict=True):
+        if outcome.error is not None:
+            continue
+        try:
+            encoded = request.reply(outcome.payload)
+        except (tensors.TensorError, TypeError, ValueError) as exc:
+            outcome.error, outcome.payload = NotJSON(f"servd could not encode the outputs: {exc}"), None
+            continue
+        if isinstance(encoded, str):
+            outcome.data_json, outcome.payload = encoded, None
+        else:
+            outcome.data_json, outcome.payload = "null", encoded
 
 
 Emit = Callable[[int, list[str]], None]
@@ -262,15 +283,19 @@ def _isolate(
     (a broken model, a missing file): every input fails with it, after 3 calls instead of 2n-1.
     Out-of-memory is always split further, since smaller batches are its cure.
     """
+    oom = is_oom(error)
+    if oom and len(inputs) == 1 and job.tensors is not None and job.tensors.batched and inputs[0].rows > 1:
+        error.__traceback__ = None
+        oom_sizes.append(inputs[0].rows)
+        return [_halve_rows(job, inputs[0], offset, emit, oom_sizes)]
     if len(inputs) == 1 or isinstance(error, BatchContractError):
         return [Outcome(error=error) for _ in inputs]
-    oom = is_oom(error)
     if oom:
-        oom_sizes.append(len(inputs))
+        oom_sizes.append(_size(job, inputs))
         # The traceback's frames hold the failed call's tensors (activations): drop them, or the
         # halves run out of memory too, with the whole batch's memory still allocated.
         error.__traceback__ = None
-    middle = len(inputs) // 2
+    middle = len(inputs) // 2 if job.tensors is None else tensors.middle(inputs)
     parts = ((inputs[:middle], offset), (inputs[middle:], offset + middle))
     results = [_attempt(job, part, at, emit) for part, at in parts]
     if not oom and all(isinstance(r, Exception) and _same_error(r, error) for r in results):
@@ -279,6 +304,27 @@ def _isolate(
     for (part, at), result in zip(parts, results, strict=True):
         outcomes += result if isinstance(result, list) else _isolate(job, part, at, emit, oom_sizes, result)
     return outcomes
+
+
+def _halve_rows(job: Job, request: tensors.TensorInput, offset: int, emit: Emit, oom_sizes: list[int]) -> Outcome:
+    """One request of several rows ran out of memory alone: run its halves (each halved again if
+    need be) and join their outputs, so a request that fits in pieces still completes."""
+    parts = [_run_isolating(job, [half], offset, emit, oom_sizes)[0] for half in tensors.halve_rows(request)]
+    failed = next((part for part in parts if part.error is not None), None)
+    if failed is not None:
+        return failed
+    return Outcome(
+        payload=tensors.join_rows([part.payload for part in parts]),
+        run_s=sum(part.run_s for part in parts),
+        batch_size=max(part.batch_size for part in parts),
+    )
+
+
+def _size(job: Job, inputs: list[Any]) -> int:
+    """A call's batch size: its requests, or on a stacked tensor endpoint its rows."""
+    if job.tensors is not None and job.tensors.batched:
+        return sum(request.rows for request in inputs)
+    return len(inputs)
 
 
 def _attempt(job: Job, inputs: list[Any], offset: int, emit: Emit) -> list[Outcome] | Exception:
@@ -295,7 +341,7 @@ def _attempt(job: Job, inputs: list[Any], offset: int, emit: Emit) -> list[Outco
         outcomes = _call(job, inputs, offset, tracked_emit)
     except Exception as exc:  # noqa: BLE001 - whatever user code raises is isolated and reported
         return [Outcome(error=exc) for _ in inputs] if streamed else exc
-    run_s, size = time.perf_counter() - started, len(inputs)
+    run_s, size = time.perf_counter() - started, _size(job, inputs)
     for outcome in outcomes:
         outcome.run_s = run_s
         outcome.batch_size = size
@@ -310,6 +356,12 @@ def _call(job: Job, inputs: list[Any], offset: int, emit: Callable[[int, list[st
     if not job.is_wanted():
         return [Outcome(error=CancelledBeforeStart()) for _ in inputs]
     model = job.model
+    if job.tensors is not None:
+        try:
+            outputs = tensors.run(model.call, inputs, job.tensors, _handoff(job.tensors, model.device))
+        except tensors.OutputMismatch as exc:
+            raise BatchContractError(str(exc)) from None
+        return [Outcome(payload=o) for o in outputs]
     if not job.batched:
         value = model.call(inputs[0])
         if model.streams:
@@ -319,6 +371,30 @@ def _call(job: Job, inputs: list[Any], offset: int, emit: Callable[[int, list[st
     if model.streams:
         return _batched_stream(values, len(inputs), offset, emit, job)
     return [_encode(v) for v in _checked_batch(values, len(inputs))]
+
+
+def _handoff(layout: tensors.Layout, device: str) -> Callable[[tensors.Arrays], Any]:
+    """What the entrypoint is handed: the arrays, or (tensors.as: torch) torch tensors on its device."""
+    if layout.spec.as_ != "torch":
+        return _same
+    import torch  # only endpoints that asked for torch tensors need it
+
+    def to_torch(arrays: tensors.Arrays) -> dict[str, Any]:
+        handed: dict[str, Any] = {}
+        for name, array in arrays.items():
+            if array.dtype == object:  # BYTES: torch has no such tensor
+                handed[name] = array
+                continue
+            if not array.flags.writeable:  # torch warns about (and can't guard) a read-only buffer
+                array = array.copy()
+            handed[name] = torch.from_numpy(array).to(device)
+        return handed
+
+    return to_torch
+
+
+def _same(arrays: tensors.Arrays) -> tensors.Arrays:
+    return arrays
 
 
 class CancelledBeforeStart(Exception):

@@ -129,13 +129,32 @@ def _replace_scalar(text: str, line: int, col: int, new: str) -> str:
     match = SCALAR_END.match(row, col)
     if match is None or not match.group() or row[col] in "\"'[{|>&*!":
         raise _Unspliceable
-    end = match.end()
-    rest = row[end:]
-    gap = len(rest) - len(rest.lstrip(" \t"))
-    if rest[gap : gap + 1] == "#":  # keep the comment in its column, with one space at least
-        rest = " " * max(1, gap + (end - col) - len(new)) + rest[gap:]
-    lines[line] = row[:col] + new + rest
+    lines[line] = _realigned(row, row[:col] + new + row[match.end() :])
     return "".join(lines)
+
+
+def _realigned(old: str, new: str) -> str:
+    """`new`, an edit of the line `old`, with its trailing comment back in old's column (one space
+    before it at least), so aligned comments stay aligned."""
+    was, now = _comment_at(old), _comment_at(new)
+    if was is None or now is None or old[was:] != new[now:]:
+        return new
+    gap = len(new[:now]) - len(new[:now].rstrip(" \t"))
+    start = now - gap
+    return new[:start] + " " * max(1, was - start) + new[now:]
+
+
+def _comment_at(row: str) -> int | None:
+    """The column of the line's comment `#` (outside quotes, after whitespace), or None."""
+    quote = ""
+    for i, char in enumerate(row):
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "\"'":
+            quote = char
+        elif char == "#" and (i == 0 or row[i - 1] in " \t"):
+            return i
+    return None
 
 
 def _set_list(text: str, parent: CommentedMap, key: str, current: CommentedSeq, value: list[Any]) -> str:
@@ -146,7 +165,7 @@ def _set_list(text: str, parent: CommentedMap, key: str, current: CommentedSeq, 
         if close < 0 or "[" in lines[line][col + 1 : close]:
             raise _Unspliceable
         items = ", ".join(scalar_text(v) for v in value)
-        lines[line] = lines[line][:col] + f"[{items}]" + lines[line][close + 1 :]
+        lines[line] = _realigned(lines[line], lines[line][:col] + f"[{items}]" + lines[line][close + 1 :])
         return "".join(lines)
     old = list(current)
     rows = [current.lc.item(i)[0] for i in range(len(old))]
@@ -171,11 +190,11 @@ def _insert(text: str, parent: CommentedMap, at: tuple[int, int], path: KeyPath,
     indent = lines[first_line][:col]
     if indent.strip():
         raise _Unspliceable
-    at = _end_of_entry(lines, parent.lc.key(preceding[-1]), col) if preceding else first_line
-    newline = _newline(lines[at - 1] if at else lines[0])
-    if at == len(lines) and lines and not lines[-1].endswith(("\n", "\r")):
+    row = _end_of_entry(lines, parent.lc.key(preceding[-1]), col) if preceding else first_line
+    newline = _newline(lines[row - 1] if row else lines[0])
+    if row == len(lines) and lines and not lines[-1].endswith(("\n", "\r")):
         lines[-1] += newline
-    lines.insert(at, indent + entry + newline)
+    lines.insert(row, indent + entry + newline)
     return "".join(lines)
 
 
@@ -186,10 +205,10 @@ def _insert_in_flow(lines: list[str], at: tuple[int, int], entry: str) -> str:
     inner = row[col + 1 : close]
     if inner.strip():
         stripped = inner.rstrip()
-        new_inner = f"{stripped}, {entry}{inner[len(stripped):]}"
+        new_inner = f"{stripped}, {entry}{inner[len(stripped) :]}"
     else:
         new_inner = entry
-    lines[line] = row[: col + 1] + new_inner + row[close:]
+    lines[line] = _realigned(row, row[: col + 1] + new_inner + row[close:])
     return "".join(lines)
 
 
@@ -323,4 +342,3 @@ def _deref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
             target = target[part]
         return dict(target)
     return node
-

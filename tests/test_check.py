@@ -93,7 +93,7 @@ def test_a_class_and_a_generator_pass(tmp_path):
 def test_the_repository_servd_yaml_passes():
     """The shipped config checks clean: examples import, devices exist."""
     spec = load_checked(Path(__file__).resolve().parent.parent / "servd.yaml").spec
-    assert set(spec.endpoints) == {"echo", "classify", "words", "chat"}
+    assert set(spec.endpoints) == {"echo", "classify", "words", "chat", "simple"}
 
 
 def test_a_module_that_does_not_exist_is_an_error_at_the_entrypoint(tmp_path):
@@ -244,3 +244,18 @@ def test_a_malformed_entrypoint_is_reported_once(tmp_path):
     """An entrypoint the schema already refused (not module:attribute) is not also imported."""
     path = one_endpoint(tmp_path, "not an entrypoint")
     assert [p.path for p in problems_of(path)] == ["endpoints.e.entrypoint"]
+
+
+def test_a_generator_cannot_serve_declared_tensors(tmp_path):
+    """An endpoint with tensors: returns its outputs; a generator there is refused by the check (issue 18)."""
+    text = """version: 1
+endpoints:
+  t:
+    entrypoint: examples.stream:words
+    tensors:
+      inputs: [{name: x, datatype: FP32, shape: [2]}]
+      outputs: [{name: y, datatype: FP32, shape: [2]}]
+"""
+    with pytest.raises(SpecError) as caught:
+        load_checked(write(tmp_path, text))
+    assert "endpoints.t.tensors: examples.stream:words is a generator" in str(caught.value)

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 PACKAGING = ["pyproject.toml", "setup.cfg", "README.md", "LICENSE", "servd", "schemas"]
 SCHEMA = json.loads((REPO / "schemas" / "servd.schema.json").read_text("utf-8"))
 # Every install_requires of setup.cfg but tornado, by import name.
-SERVER_ONLY = ["yaml", "jsonschema", "structlog", "watchdog", "prometheus_client", "orjson", "torch"]
+SERVER_ONLY = ["yaml", "jsonschema", "structlog", "watchdog", "prometheus_client", "orjson", "torch", "ruamel", "numpy"]
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,12 @@ def test_the_schema_is_installed_as_package_data(installed):
     installed_schema = installed / "servd" / "_schemas" / "servd.schema.json"
     assert json.loads(installed_schema.read_text("utf-8")) == SCHEMA
     assert not (installed / "schemas").exists()  # no source-tree fallback to lean on
+
+
+def test_the_web_console_is_installed_as_package_data(installed):
+    """servd/console/* ships with the package: the console works from a regular install, offline."""
+    shipped = {p.name for p in (REPO / "servd" / "console").iterdir() if p.is_file()}
+    assert {p.name for p in (installed / "servd" / "console").iterdir()} >= shipped >= {"index.html", "app.js"}
 
 
 def test_load_schema_works_from_the_installed_package(installed, tmp_path):

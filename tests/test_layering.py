@@ -24,20 +24,25 @@ PACKAGE = Path(__file__).resolve().parent.parent / "servd"
 LAYERS: list[set[str]] = [
     {  # values, rules and leaf services: nothing here knows of a running endpoint
         "errors", "schema", "spec", "reload", "batching", "protocol", "request", "failures", "stats",
+        "yamledit", "tune_model", "tune_search", "tune_report", "tune_plot",
         "compat", "logs", "systemd", "hostcheck", "auth", "gcpolicy", "devices", "entrypoints", "watch",
         "metrics", "queue", "workers", "docs", "validation", "webguard", "admission", "openai_shapes",
+        "openapi", "tensors", "v2", "frames",
     },
     {"check", "instances"},
     {"endpoint"},
-    {"daemon", "snapshot"},
-    {"handlers", "handlers.base", "handlers.http", "handlers.ops", "handlers.ws", "handlers.openai"},
+    {"daemon", "snapshot", "live"},
+    {"handlers", "handlers.base", "handlers.http", "handlers.ops", "handlers.ws", "handlers.openai",
+     "handlers.console", "handlers.events", "handlers.v2"},
     {"app", "listener"},
     {"service"},
-    {"cli", "__main__"},
+    {"cli", "__main__", "tune", "tune_session", "tune_target"},  # tune drives a daemon from outside, like cli
 ]  # fmt: skip
 CLIENT_SIDE = {"bench", "bench_report", "status"}  # plus servd.client.*: usable without the server's dependencies
 CLIENT_MAY_IMPORT = {"errors"}
 PURE = {
+    "tune_model",
+    "tune_search",
     "errors",
     "schema",
     "spec",
@@ -51,6 +56,10 @@ PURE = {
     "admission",
     "webguard",
     "openai_shapes",
+    "openapi",
+    "tensors",
+    "v2",
+    "frames",
 }
 RUNTIME_LIBRARIES = {"tornado", "torch"}
 

@@ -80,7 +80,7 @@ def test_the_repository_servd_yaml_parses():
     """The shipped ./servd.yaml is a valid config with its four endpoints."""
     spec = parse(REPO / "servd.yaml")
     assert isinstance(spec, Spec)
-    assert list(spec.endpoints) == ["echo", "classify", "words", "chat"]
+    assert list(spec.endpoints) == ["echo", "classify", "words", "chat", "simple"]
     classify = spec.endpoints["classify"]
     assert classify.batch == BatchSpec(max_size=32, max_delay_ms=5.0)
     assert classify.devices == ("cpu",)
@@ -99,7 +99,9 @@ def test_omitted_endpoint_keys_take_the_schema_defaults(tmp_path):
     """An endpoint with only an entrypoint gets each endpoint default the schema declares."""
     endpoint = parse(write(tmp_path, MINIMAL)).endpoints["plain"]
     expected = defaults(SCHEMA["$defs"]["endpoint"])
-    assert set(expected) == {"options", "device", "concurrency", "queue", "batch", "api_open", "input_schema", "openai"}
+    assert set(expected) == {
+        "options", "device", "concurrency", "queue", "batch", "api_open", "input_schema", "openai", "tensors"
+    }  # fmt: skip
     assert dict(endpoint.options) == expected["options"]
     assert endpoint.devices == (expected["device"],)
     assert endpoint.concurrency == expected["concurrency"]
@@ -108,6 +110,7 @@ def test_omitted_endpoint_keys_take_the_schema_defaults(tmp_path):
     assert endpoint.api_open is expected["api_open"]
     assert endpoint.input_schema is expected["input_schema"] is None
     assert endpoint.openai is expected["openai"] is None
+    assert endpoint.tensors is expected["tensors"] is None
 
 
 def test_an_empty_batch_block_takes_the_schema_batch_defaults(tmp_path):

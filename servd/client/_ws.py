@@ -20,6 +20,7 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from servd.client._http import Target
+from servd.client._tensors import read_frame, submit_frame
 from servd.client.errors import ConnectFailed, ConnectionLost, ServdError, error_from_body
 from servd.client.job import AsyncJob
 
@@ -53,16 +54,27 @@ class Socket:
         text = f'{{"type":"submit","id":{request_id},"endpoint":{json.dumps(job.endpoint)},"data":{data_json}{fields}}}'
         await self._write(text)
 
+    async def submit_arrays(self, job: AsyncJob, arrays: dict[str, Any], fields: str = "") -> None:
+        """Send a dict of numpy arrays as one binary frame (an endpoint with tensors: takes it)."""
+        if self.closed:
+            raise ConnectionLost(f"connection to {self.url} is closed")
+        request_id = next(self.ids)
+        frame = submit_frame(request_id, job.endpoint, arrays, fields)  # a ValueError sends nothing
+        job.id = request_id
+        self.jobs[request_id] = job
+        self.unanswered.append(job)
+        await self._write(frame)
+
     async def cancel(self, job: AsyncJob) -> None:
         if not self.closed and isinstance(job.id, int) and self.jobs.get(job.id) is job:
             await self._write(json.dumps({"type": "cancel", "id": job.id}))
 
-    async def _write(self, text: str) -> None:
+    async def _write(self, text: str | bytes) -> None:
         from tornado.iostream import StreamClosedError
         from tornado.websocket import WebSocketClosedError
 
         try:
-            await self.conn.write_message(text)
+            await self.conn.write_message(text, binary=isinstance(text, bytes))
         except (WebSocketClosedError, StreamClosedError):
             self._lost()
 
@@ -74,6 +86,8 @@ class Socket:
                     return
                 if isinstance(text, str):
                     self._dispatch(json.loads(text))
+                else:  # a binary completed frame: the outputs as numpy arrays
+                    self._dispatch(read_frame(text))
         finally:
             self._lost()
 
@@ -160,6 +174,11 @@ class WsTransport:
         socket = await self.connect()
         job.transport_state = socket
         await socket.submit(job, data_json, fields)
+
+    async def submit_arrays(self, job: AsyncJob, arrays: dict[str, Any], fields: str = "") -> None:
+        socket = await self.connect()
+        job.transport_state = socket
+        await socket.submit_arrays(job, arrays, fields)
 
     async def cancel(self, job: AsyncJob) -> None:
         socket = job.transport_state

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from servd.client._http import Target
 from servd.client._http_transport import HttpTransport
+from servd.client._tensors import as_json, is_arrays
 from servd.client._ws import WsTransport
 from servd.client.errors import Timeout
 from servd.client.job import AsyncJob
@@ -132,8 +133,11 @@ class AsyncClient:
     async def _start(self, endpoint: str, data: Any, *, events: bool, fields: str = "") -> AsyncJob:
         if not isinstance(endpoint, str) or not endpoint:
             raise ValueError(f"endpoint must be a non-empty string, got {endpoint!r}")
-        data_json = json.dumps(data, allow_nan=False, separators=(",", ":"))
         job = AsyncJob(endpoint, self._cancel)
+        if self._ws is not None and is_arrays(data):  # numpy arrays: one binary frame
+            await self._ws.submit_arrays(job, data, fields)
+            return job
+        data_json = json.dumps(as_json(data), allow_nan=False, separators=(",", ":"))
         if self._ws is not None:
             await self._ws.submit(job, data_json, fields)
         elif self._http is not None:

@@ -8,16 +8,17 @@ server.max_client_buffer_bytes, so it can't grow the server's buffers or stall a
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from tornado.iostream import StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from servd import auth, protocol, webguard
+from servd import auth, frames, protocol, tensors, webguard
 from servd.compat import buffered, fast_send_supported, send_text
 from servd.errors import ErrorCode, ServdError
 from servd.handlers.base import error_body, write_wire_error
-from servd.request import Request, Terminal
+from servd.request import Completed, Request, Terminal
 
 if TYPE_CHECKING:
     from servd.daemon import Daemon
@@ -78,8 +79,8 @@ class QueueSocket(WebSocketHandler):
         self.finish(error_body(code, message))  # an HTTP answer: the HTTP error shape
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        """"servd" when offered (the console offers it beside its token, auth.TOKEN_SUBPROTOCOL):
-        browsers drop a connection whose offered subprotocols get no answer. Never the token's."""
+        """The subprotocol `servd` when offered (the console offers it beside its token, as
+        auth.TOKEN_SUBPROTOCOL): browsers drop a connection whose offer gets no answer. Never the token's."""
         return auth.SUBPROTOCOL if auth.SUBPROTOCOL in subprotocols else None
 
     def check_origin(self, origin: str) -> bool:
@@ -105,7 +106,10 @@ class QueueSocket(WebSocketHandler):
             self._reject(None, ErrorCode.TOO_LARGE, f"message is {size} bytes; server.max_message_bytes={limit}")
             return
         try:
-            parsed = protocol.parse(message, self.daemon.spec.server.max_depth)
+            max_depth = self.daemon.spec.server.max_depth
+            parsed = (
+                frames.parse(message, max_depth) if isinstance(message, bytes) else protocol.parse(message, max_depth)
+            )
         except protocol.ProtocolError as exc:
             # an error carrying the id of a request in flight would read as that request's end
             in_flight = exc.id is not None and exc.id in self.in_flight
@@ -133,6 +137,8 @@ class QueueSocket(WebSocketHandler):
             message = f"this socket serves endpoint {self.fixed_endpoint!r}, not {submit.endpoint!r}"
             self._reject(submit.id, ErrorCode.BAD_REQUEST, message, name)
             return
+        if isinstance(submit.data, tensors.TensorInput) and not self._binary_reply(submit, name):
+            return
         request = Request(submit.id, self.client, submit.data, self, progress=submit.progress, size=submit.size)
         request.priority, request.deadline_s = submit.priority, submit.deadline_s
         request.highest_priority = self.highest_priority
@@ -142,6 +148,22 @@ class QueueSocket(WebSocketHandler):
         except ServdError as exc:
             del self.in_flight[submit.id]
             self._reject(submit.id, exc.code, exc.message, name)
+
+    def _binary_reply(self, submit: protocol.Submit, name: str) -> bool:
+        """A binary submit's outputs come back as a binary frame; only tensor endpoints take one."""
+        endpoint = self.daemon.endpoints.get(name)
+        if endpoint is None:
+            self._reject(submit.id, ErrorCode.UNKNOWN_ENDPOINT, f"no endpoint {name!r}", name)
+            return False
+        declared = endpoint.spec.tensors
+        if declared is None:
+            message = f"endpoint {name!r} declares no tensors: send its data as JSON text"
+            self._reject(submit.id, ErrorCode.BAD_REQUEST, message, name)
+            return False
+        datatypes = {t.name: t.datatype for t in declared.outputs}
+        assert isinstance(submit.data, tensors.TensorInput)
+        submit.data.reply = functools.partial(frames.encode_outputs, datatypes=datatypes)
+        return True
 
     def _reject(self, request_id: str | int | None, code: ErrorCode, message: str, endpoint: str | None = None) -> None:
         """Refuse one message: the client gets the error, /metrics counts it."""
@@ -156,12 +178,20 @@ class QueueSocket(WebSocketHandler):
     def end(self, request: Request, terminal: Terminal) -> None:
         if self.in_flight.get(request.id) is request:
             del self.in_flight[request.id]
+        if isinstance(terminal, Completed) and isinstance(terminal.payload, frames.Encoded):
+            timing = protocol.timing(terminal.queue_s, terminal.run_s, terminal.batch_size)
+            self._write(frames.completed(request.id, terminal.payload, timing))
+            return
         self._write(protocol.terminal(request.id, terminal))
 
-    def _write(self, text: str) -> None:
+    def _write(self, text: str | bytes) -> None:
         if self.gone:
             return
         try:
+            if isinstance(text, bytes):  # a binary frame (frames.py): Tornado's own path
+                sent = self.write_message(text, binary=True)
+                sent.add_done_callback(_retrieved)  # a write cut short by a hang-up is no one's error
+                return
             if self.direct_send is None:  # compression, if any, was settled at the handshake
                 self.direct_send = fast_send_supported(self.ws_connection)
             send_text(self, text, self.direct_send)
@@ -184,6 +214,11 @@ class QueueSocket(WebSocketHandler):
         for request in list(self.in_flight.values()):
             self.daemon.cancel(request, "the client disconnected")
         self.in_flight.clear()
+
+
+def _retrieved(future: Any) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _wire_size(message: str | bytes) -> int:
