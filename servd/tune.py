@@ -70,9 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from(args: argparse.Namespace) -> Options:
+    """Checked Options; ValueError naming the bad argument."""
     from servd.tune_session import Options
 
-    """Checked Options; ValueError naming the bad argument."""
     if args.p99_ms is not None and not args.p99_ms > 0:
         raise ValueError(f"--p99-ms must be a number of milliseconds > 0, got {args.p99_ms}")
     if not args.duration > 0 or args.warmup < 0:
@@ -197,15 +197,17 @@ def _text(options: Options, plan: Plan, report: Report, written: bool, failure: 
 
 def _failure(report: Report) -> str | None:
     """Why no setting was chosen, or None."""
+    from servd import tune_report
+
     if report.chosen_point is not None:
         return None
     points = report.search.points
     done = [p for p in points if p.measure.completed and not p.measure.error_count and not p.oom]
     if report.goal.p99_s is not None and done:
         best = min(done, key=lambda p: p.measure.p99_s or float("inf"))
+        where = f"point {best.index}, {tune_report.clients_text(best.trial.clients)}"
         return (f"no setting met p99 <= {report.goal.p99_s * 1e3:g} ms: the lowest p99 measured was "
-                f"{(best.measure.p99_s or 0) * 1e3:.2f} ms (point {best.index}, {best.trial.clients} clients); "
-                "nothing written")  # fmt: skip
+                f"{(best.measure.p99_s or 0) * 1e3:.2f} ms ({where}); nothing written")  # fmt: skip
     errors: dict[str, int] = {}
     for p in points:
         for code, count in p.measure.errors.items():

@@ -65,6 +65,10 @@ def pareto(points: list[Point]) -> set[int]:
     return {p.index for p in usable if not any(dominates(q, p) for q in usable)}
 
 
+def clients_text(count: int) -> str:
+    return f"{count} client{'' if count == 1 else 's'}"
+
+
 def goal_text(goal: Goal) -> str:
     return "most throughput" if goal.p99_s is None else f"most throughput with p99 <= {goal.p99_s * 1e3:g} ms"
 
@@ -152,7 +156,7 @@ def _gain_lines(report: Report) -> list[str]:
 def _point_text(p: Point) -> str:
     return (
         f"{p.measure.throughput:.1f} req/s, p50 {_num(p.measure.p50_s)} ms, p99 {_num(p.measure.p99_s)} ms "
-        f"at {p.trial.clients} clients (point {p.index})"
+        f"at {clients_text(p.trial.clients)} (point {p.index})"
     )
 
 

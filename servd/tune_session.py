@@ -160,6 +160,8 @@ def full_check(path: Path) -> None:
 
 
 class Session:
+    """One tune on one daemon: ready it, probe it with the sample, measure each trial, finish the file."""
+
     def __init__(self, options: Options, plan: Plan, target: Target) -> None:
         self.options = options
         self.plan = plan

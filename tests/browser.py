@@ -122,9 +122,16 @@ class DevTools:
         await self.conn.write_message(json.dumps(message))
         return await asyncio.wait_for(future, COMMAND_TIMEOUT_S)
 
-    def close(self) -> None:
+    async def close(self) -> None:
+        """Close the connection and wait for its closing handshake, so its socket is closed too
+        (cancelling the reader alone left the socket open for the garbage collector to find)."""
         self.conn.close()
+        with suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self.reader), 5)
         self.reader.cancel()
+        stream = getattr(self.conn, "stream", None)
+        if stream is not None:
+            stream.close()
 
 
 @dataclass
@@ -263,4 +270,4 @@ async def open_page(browser: Chromium, url: str, viewport: tuple[int, int] = VIE
             await devtools.send("Target.closeTarget", {"targetId": target})
         with suppress(Exception):
             await devtools.send("Target.disposeBrowserContext", {"browserContextId": context})
-        devtools.close()
+        await devtools.close()

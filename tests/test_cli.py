@@ -73,7 +73,7 @@ def test_check_passes_the_repository_config():
     """`servd check servd.yaml` on the shipped file exits 0 and names its endpoints."""
     result = servd_cli("check", "servd.yaml")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "servd: servd.yaml: ok (4 endpoints: echo, classify, words, chat)"
+    assert result.stdout.strip() == "servd: servd.yaml: ok (5 endpoints: echo, classify, words, chat, simple)"
 
 
 BAD = """\
@@ -214,7 +214,7 @@ def test_a_port_in_use_is_named_in_the_error(tmp_path):
 
 def test_status_shows_what_torch_threads_auto_resolved_to(tmp_path):
     """/v1/status shows `auto` where the file says auto, and the number it resolved to (#11: it showed null)."""
-    config = "version: 1\nendpoints:\n  digits:\n    entrypoint: examples.digits:Classifier\n"
+    config = "version: 1\nendpoints:\n  echo:\n    entrypoint: examples.echo:echo\n"
     with running(tmp_path, config) as daemon:
         status = http(daemon.port, "GET", "/v1/status").body
     assert status["server"]["torch_threads"] == "auto"
