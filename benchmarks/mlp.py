@@ -269,8 +269,10 @@ def print_report(result: dict[str, Any]) -> None:
                      m["p99_ms"], m["mean_batch"], f"{m['server_cpu']:.0%}", m["server_us_per_request"],
                      m["switches_per_request"]])  # fmt: skip
     print(common.table(headers, rows))
-    first = result["results"]["servd"][0]
-    print(f"servd at {first['clients']} client(s) / in-process batch 1: {common.fmt(common.ratio(first['rate'], one))}")
+    for name, ms in result["results"].items():
+        first = ms[0]
+        share = common.fmt(common.ratio(first["rate"], one))
+        print(f"{name} at {first['clients']} client(s) / in-process batch 1: {share}")
     runs = " / ".join(common.fmt(r[LIMIT_KEY]["samples_per_s"]) for r in result["in_process_runs"])
     print(f"in-process batch {BATCH} before, between and after servd's rounds: {runs} samples/s")
     print("share = samples/s over the mean of the in-process runs either side of its round; median round shown")

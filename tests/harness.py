@@ -58,8 +58,8 @@ async def eventually(
         value = probe()
         if inspect.isawaitable(value):
             value = await value
-        if until(value):  # type: ignore[arg-type]
-            return value  # type: ignore[return-value]
+        if until(value):
+            return value
         if loop.time() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}; last value: {_shown(value)}")
         await asyncio.sleep(interval)

@@ -142,12 +142,11 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
 def listening_url(proc: subprocess.Popen[bytes], log: Path) -> str:
     """The URL in the daemon's "listening" log event, once it is there; fails if the process exits first."""
 
-    def url() -> str | None:
-        listening = [e["url"] for e in log_events(log) if e.get("event") == "listening"]
-        if listening:
-            return str(listening[0])
-        assert proc.poll() is None, f"servd exited with {proc.returncode} before listening:\n{log.read_text()}"
-        return None
+    def url() -> str:
+        listening = [str(e["url"]) for e in log_events(log) if e.get("event") == "listening"]
+        if not listening:
+            assert proc.poll() is None, f"servd exited with {proc.returncode} before listening:\n{log.read_text()}"
+        return listening[0] if listening else ""
 
     return eventually_sync(url, 'the "listening" log event')
 

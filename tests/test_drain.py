@@ -37,12 +37,15 @@ endpoints:
 
 @asynccontextmanager
 async def connected(daemon: Running) -> AsyncIterator[WsClient]:
-    """A websocket to the daemon, closed afterwards even when the test fails."""
+    """A websocket to the daemon, closed afterwards even when the test fails. The close is waited
+    for: a socket still open when the test's loop ends is garbage-collected later, and its
+    ResourceWarning then fails whichever test is running (seen under load)."""
     ws = WsClient(await websocket_connect(f"ws://127.0.0.1:{daemon.port}/v1/ws"))
     try:
         yield ws
     finally:
         ws.close()
+        await ws.wait_closed()
 
 
 async def get(daemon: Running, method: str, path: str, body: Any = None) -> tuple[int, Any]:
