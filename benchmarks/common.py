@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -361,8 +361,10 @@ class Workload:
 
 
 @dataclass
-class _Shared:
-    workload: Workload
+class Tally:
+    """What the clients of one closed-loop run share: whether to go on sending, whether the
+    measurement window is open, and what it counted."""
+
     sending: bool = True
     recording: bool = False
     latencies: list[float] = field(default_factory=list)
@@ -370,6 +372,36 @@ class _Shared:
     wrong: int = 0
     outstanding: int = 0
     drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def answered(self, sent_at: float, now: float, ok: bool = True) -> bool:
+        """Count one reply; whether its client sends the next request (after the window it settles)."""
+        if not ok:
+            self.wrong += 1
+        elif self.recording:
+            self.latencies.append(now - sent_at)
+            self.count += 1
+        if not self.sending:
+            self.settle()
+            return False
+        self.outstanding -= 1
+        return True
+
+    def settle(self) -> None:
+        """One request in flight is over for good (answered after the window, or its connection lost)."""
+        self.outstanding -= 1
+        if self.outstanding <= 0:
+            self.drained.set()
+
+
+class LoopClient(Protocol):
+    transport: asyncio.Transport | None
+
+    def send_next(self) -> None: ...
+
+
+@dataclass
+class _Shared(Tally):
+    workload: Workload = field(kw_only=True)
 
 
 def take_frames(buffer: bytearray, opened: asyncio.Future[None]) -> Iterator[tuple[int, bytes]]:
@@ -441,7 +473,7 @@ class _Client(asyncio.Protocol):
         if self.waiting:
             self.waiting = False
             self.shared.wrong += 1
-            self._settle()
+            self.shared.settle()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
@@ -472,19 +504,8 @@ class _Client(asyncio.Protocol):
             shared.wrong += 1
             return  # keep waiting for the right one (the server may send progress messages)
         self.waiting = False
-        if shared.recording:
-            shared.latencies.append(now - self.sent_at)
-            shared.count += 1
-        if shared.sending:
-            shared.outstanding -= 1
+        if shared.answered(self.sent_at, now):
             self.send_next()
-        else:
-            self._settle()
-
-    def _settle(self) -> None:
-        self.shared.outstanding -= 1
-        if self.shared.outstanding == 0:
-            self.shared.drained.set()
 
 
 @dataclass
@@ -529,7 +550,7 @@ async def closed_loop(
 ) -> Measurement:
     """`clients` connections, each with one request in flight; count what completes in the window."""
     loop = asyncio.get_running_loop()
-    shared = _Shared(workload)
+    shared = _Shared(workload=workload)
     connections: list[_Client] = []
     try:
         for start in range(0, clients, CONNECT_CHUNK):
@@ -539,41 +560,53 @@ async def closed_loop(
             ]
             await asyncio.wait_for(asyncio.gather(*(c.opened for c in batch)), 30)
             connections.extend(batch)
-        for client in connections:
-            client.send_next()
-        await asyncio.sleep(warmup_s)
-        server_cpu0, client_cpu0, cores0 = server.cpu_s(), time.process_time(), core_times()
-        switches0 = context_switches(server.pid)
-        t0 = time.perf_counter()
-        shared.recording = True
-        await asyncio.sleep(duration_s)
-        shared.recording = False
-        elapsed = time.perf_counter() - t0
-        server_cpu, client_cpu = server.cpu_s() - server_cpu0, time.process_time() - client_cpu0
-        cores = core_shares(cores0, core_times())
-        switches = context_switches(server.pid) - switches0
-        shared.sending = False
-        if shared.outstanding:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(shared.drained.wait(), DRAIN_TIMEOUT_S)
+        return await measure_window(server, shared, connections, warmup_s, duration_s, per_request)
     finally:
         for client in connections:
             if client.transport is not None:
                 client.transport.close()
-    latencies = shared.latencies
-    p50, p99 = percentile(latencies, 0.5), percentile(latencies, 0.99)
+
+
+async def measure_window(
+    server: Server,
+    tally: Tally,
+    connections: Sequence[LoopClient],
+    warmup_s: float,
+    duration_s: float,
+    per_request: int = 1,
+) -> Measurement:
+    """Start each open connection's loop, let `warmup_s` pass, count `duration_s`, then stop sending
+    and wait (DRAIN_TIMEOUT_S at most) for what is still in flight. The caller closes the connections."""
+    for client in connections:
+        client.send_next()
+    await asyncio.sleep(warmup_s)
+    server_cpu0, client_cpu0, cores0 = server.cpu_s(), time.process_time(), core_times()
+    switches0 = context_switches(server.pid)
+    t0 = time.perf_counter()
+    tally.recording = True
+    await asyncio.sleep(duration_s)
+    tally.recording = False
+    elapsed = time.perf_counter() - t0
+    server_cpu, client_cpu = server.cpu_s() - server_cpu0, time.process_time() - client_cpu0
+    cores = core_shares(cores0, core_times())
+    switches = context_switches(server.pid) - switches0
+    tally.sending = False
+    if tally.outstanding:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(tally.drained.wait(), DRAIN_TIMEOUT_S)
+    p50, p99 = percentile(tally.latencies, 0.5), percentile(tally.latencies, 0.99)
     return Measurement(
-        clients=clients,
+        clients=len(connections),
         seconds=elapsed,
-        count=shared.count,
-        wrong=shared.wrong,
-        rate=shared.count * per_request / elapsed,
+        count=tally.count,
+        wrong=tally.wrong,
+        rate=tally.count * per_request / elapsed,
         p50_ms=None if p50 is None else p50 * 1000,
         p99_ms=None if p99 is None else p99 * 1000,
         server_cpu=server_cpu / elapsed,
         client_cpu=client_cpu / elapsed,
-        server_us_per_request=server_cpu * 1e6 / shared.count if shared.count else None,
-        switches_per_request=switches / shared.count if shared.count else None,
+        server_us_per_request=server_cpu * 1e6 / tally.count if tally.count else None,
+        switches_per_request=switches / tally.count if tally.count else None,
         cores=cores,
     )
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -96,15 +95,8 @@ def binary_frames_workload(row: list[float]) -> common.Workload:
 
 
 @dataclass
-class _Shared:
-    request: bytes
-    sending: bool = True
-    recording: bool = False
-    latencies: list[float] = field(default_factory=list)
-    count: int = 0
-    wrong: int = 0
-    outstanding: int = 0
-    drained: asyncio.Event = field(default_factory=asyncio.Event)
+class _Shared(common.Tally):
+    request: bytes = field(kw_only=True)
 
 
 class _HttpClient(asyncio.Protocol):
@@ -127,7 +119,7 @@ class _HttpClient(asyncio.Protocol):
         if self.waiting:
             self.waiting = False
             self.shared.wrong += 1
-            self._settle()
+            self.shared.settle()
 
     def send_next(self) -> None:
         self.waiting = True
@@ -150,24 +142,9 @@ class _HttpClient(asyncio.Protocol):
         self._on_response(head.startswith(b"http/1.1 200"))
 
     def _on_response(self, ok: bool) -> None:
-        now = time.perf_counter()
-        shared = self.shared
         self.waiting = False
-        if not ok:
-            shared.wrong += 1
-        elif shared.recording:
-            shared.latencies.append(now - self.sent_at)
-            shared.count += 1
-        if shared.sending:
-            shared.outstanding -= 1
+        if self.shared.answered(self.sent_at, time.perf_counter(), ok):
             self.send_next()
-        else:
-            self._settle()
-
-    def _settle(self) -> None:
-        self.shared.outstanding -= 1
-        if self.shared.outstanding <= 0:
-            self.shared.drained.set()
 
 
 async def http_closed_loop(
@@ -175,42 +152,17 @@ async def http_closed_loop(
 ) -> common.Measurement:
     """common.closed_loop's measurement, for HTTP/1.1 keep-alive clients sending `request`."""
     loop = asyncio.get_running_loop()
-    shared = _Shared(request)
+    shared = _Shared(request=request)
     connections: list[_HttpClient] = []
     try:
         for _ in range(clients):
             _, client = await loop.create_connection(lambda: _HttpClient(shared), common.HOST, server.port)
             connections.append(client)
-        for client in connections:
-            client.send_next()
-        await asyncio.sleep(warmup_s)
-        server_cpu0, client_cpu0, cores0 = server.cpu_s(), time.process_time(), common.core_times()
-        switches0 = common.context_switches(server.pid)
-        t0 = time.perf_counter()
-        shared.recording = True
-        await asyncio.sleep(duration_s)
-        shared.recording = False
-        elapsed = time.perf_counter() - t0
-        server_cpu, client_cpu = server.cpu_s() - server_cpu0, time.process_time() - client_cpu0
-        cores = common.core_shares(cores0, common.core_times())
-        switches = common.context_switches(server.pid) - switches0
-        shared.sending = False
-        if shared.outstanding:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(shared.drained.wait(), common.DRAIN_TIMEOUT_S)
+        return await common.measure_window(server, shared, connections, warmup_s, duration_s)
     finally:
         for client in connections:
             if client.transport is not None:
                 client.transport.close()
-    p50, p99 = common.percentile(shared.latencies, 0.5), common.percentile(shared.latencies, 0.99)
-    count = shared.count
-    return common.Measurement(
-        clients=clients, seconds=elapsed, count=count, wrong=shared.wrong, rate=count / elapsed,
-        p50_ms=None if p50 is None else p50 * 1000, p99_ms=None if p99 is None else p99 * 1000,
-        server_cpu=server_cpu / elapsed, client_cpu=client_cpu / elapsed,
-        server_us_per_request=server_cpu * 1e6 / count if count else None,
-        switches_per_request=switches / count if count else None, cores=cores,
-    )  # fmt: skip
 
 
 # -- in-process (its own pinned process: python -m benchmarks.v2 --in-process) -----------------

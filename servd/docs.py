@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from servd.schema import load_schema
+from servd.schema import deref, load_schema
 
 
 def settings_table() -> str:
@@ -28,26 +28,16 @@ def settings_table() -> str:
 
 def _walk(node: dict[str, Any], root: dict[str, Any], prefix: str) -> Iterator[tuple[str, dict[str, Any]]]:
     for key, sub in node.get("properties", {}).items():
-        sub = _deref(sub, root)
+        sub = deref(sub, root)
         path = f"{prefix}{key}"
         if key == "endpoints":
             yield path, sub
-            endpoint = _deref(sub["additionalProperties"], root)
+            endpoint = deref(sub["additionalProperties"], root)
             yield from _walk(endpoint, root, "endpoints.NAME.")
             continue
         yield path, sub
         if "properties" in sub:
             yield from _walk(sub, root, path + ".")
-
-
-def _deref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    ref = node.get("$ref")
-    if not isinstance(ref, str):
-        return node
-    target: Any = root
-    for part in ref.removeprefix("#/").split("/"):
-        target = target[part]
-    return dict(target)
 
 
 def _type(node: dict[str, Any], root: dict[str, Any]) -> str:
@@ -56,7 +46,7 @@ def _type(node: dict[str, Any], root: dict[str, Any]) -> str:
     if "enum" in node:
         return " \\| ".join(f"`{v}`" for v in node["enum"])
     if "oneOf" in node:
-        return " or ".join(_type(_deref(branch, root), root) for branch in node["oneOf"])
+        return " or ".join(_type(deref(branch, root), root) for branch in node["oneOf"])
     kind = node.get("type", "any")
     return " \\| ".join(kind if isinstance(kind, list) else [kind])
 

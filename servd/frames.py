@@ -68,20 +68,15 @@ def _inputs(described: Any, raw: memoryview) -> tensors.Arrays:
     arrays: tensors.Arrays = {}
     at = 0
     for item in described:
-        if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-            raise ValueError("each input in 'data' must be an object with a 'name'")
-        name, datatype, shape, size = item["name"], item.get("datatype"), item.get("shape"), item.get("size")
-        if datatype not in tensors.DTYPES:
-            raise ValueError(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(tensors.DTYPES)}")
-        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-            raise ValueError(f"input {name!r}: shape must be a list of dimensions >= 0, got {shape!r}")
+        name, datatype, shape = tensors.declared(item, "input in 'data'")
+        size = item.get("size")
         if type(size) is not int or size < 0:
             raise ValueError(f"input {name!r}: size must be its number of bytes, got {size!r}")
         if at + size > len(raw):
             raise ValueError(f"input {name!r}: size {size} runs past the end of the frame ({len(raw) - at} bytes left)")
         if name in arrays:
             raise ValueError(f"input {name!r} is sent twice")
-        arrays[name] = tensors.from_bytes(name, datatype, tuple(shape), raw[at : at + size])
+        arrays[name] = tensors.from_bytes(name, datatype, shape, raw[at : at + size])
         at += size
     if at != len(raw):
         raise ValueError(f"{len(raw) - at} bytes after the inputs that no input's size claims")

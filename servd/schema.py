@@ -242,11 +242,11 @@ def with_defaults(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fill(value: Any, node: dict[str, Any], root: dict[str, Any]) -> Any:
-    node = _deref(node, root)
+    node = deref(node, root)
     if not isinstance(value, dict):
         return value
     for key, sub in node.get("properties", {}).items():
-        sub = _deref(sub, root)
+        sub = deref(sub, root)
         if key not in value and "default" in sub:
             value[key] = copy.deepcopy(sub["default"])
         if key in value:
@@ -258,7 +258,8 @@ def _fill(value: Any, node: dict[str, Any], root: dict[str, Any]) -> Any:
     return value
 
 
-def _deref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+def deref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    """The schema node a local `$ref` ("#/$defs/...") points at, or `node` itself."""
     ref = node.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/"):
         target: Any = root

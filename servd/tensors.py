@@ -88,6 +88,19 @@ def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
+def declared(item: Any, each: str) -> tuple[str, str, tuple[int, ...]]:
+    """An input's `{name, datatype, shape, ...}` as the v2 body and the binary frame both describe
+    it, checked; `each` names the list in the error (`"of 'inputs'"`)."""
+    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+        raise TensorError(f"each {each} must be an object with a 'name'")
+    name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
+    if datatype not in DTYPES:
+        raise TensorError(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DTYPES)}")
+    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+        raise TensorError(f"input {name!r}: shape must be a list of dimensions >= 0, got {shape!r}")
+    return name, datatype, tuple(shape)
+
+
 def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Array:
     """A v2 JSON input's `data` (flat or nested, row-major) as an array of `shape`."""
     array = _from_values(name, datatype, data)

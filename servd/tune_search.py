@@ -234,12 +234,7 @@ class Search:
     def climb_instances(self, best: Tried) -> Generator[Trial, Measure, Tried]:
         if "instances" not in self.limits.knobs or self.limits.max_instances <= 1:
             return best
-        while best.setting.instances > 1:
-            tried = yield from self.step(best, "instances", instances=best.setting.instances // 2)
-            if tried is None or not (yield from self.wins(tried, best)):
-                break
-            best = tried
-        return best
+        return (yield from self.halve(best, "instances"))
 
     def climb_concurrency(self, best: Tried) -> Generator[Trial, Measure, Tried]:
         if "concurrency" not in self.limits.knobs:
@@ -261,8 +256,13 @@ class Search:
             self.note_once(reason)
         if best is not start:
             return best
-        while best.setting.concurrency > 1:
-            tried = yield from self.step(best, "concurrency", concurrency=best.setting.concurrency // 2)
+        return (yield from self.halve(best, "concurrency"))
+
+    def halve(self, best: Tried, knob: str) -> Generator[Trial, Measure, Tried]:
+        """Halve the whole-number `knob` (concurrency, instances) while that wins: the same
+        throughput from fewer threads or models."""
+        while (value := getattr(best.setting, knob)) > 1:
+            tried = yield from self.step(best, knob, **{knob: value // 2})
             if tried is None or not (yield from self.wins(tried, best)):
                 break
             best = tried

@@ -175,14 +175,10 @@ def _inputs(items: Any, binary: memoryview) -> tensors.Arrays:
 
 
 def _declared(item: Any) -> tuple[str, str, tuple[int, ...]]:
-    if not isinstance(item, dict) or not isinstance(item.get("name"), str):
-        raise V2Error("each of 'inputs' must be an object with a 'name'")
-    name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
-    if datatype not in tensors.DTYPES:
-        raise V2Error(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(tensors.DTYPES)}")
-    if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise V2Error(f"input {name!r}: shape must be a list of dimensions >= 0, got {shape!r}")
-    return name, datatype, tuple(shape)
+    try:
+        return tensors.declared(item, "of 'inputs'")
+    except tensors.TensorError as exc:
+        raise V2Error(str(exc)) from None
 
 
 def check_outputs(wanted: list[WantedOutput] | None, declared: list[str]) -> None:

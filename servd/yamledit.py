@@ -31,7 +31,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 from ruamel.yaml.util import load_yaml_guess_indent
 
-from servd.schema import SpecError, load_schema, parse_yaml
+from servd.schema import SpecError, deref, load_schema, parse_yaml
 
 KeyPath = tuple[str, ...]
 PLAIN = re.compile(r"[A-Za-z0-9_.:+-]+")  # device names and numbers: written without quotes
@@ -323,22 +323,12 @@ def _declared_order(path: KeyPath) -> list[str]:
     root = load_schema()
     node: dict[str, Any] = root
     for key in path:
-        node = _deref(node, root)
+        node = deref(node, root)
         properties = node.get("properties", {})
         extra = node.get("additionalProperties")
         node = properties.get(key) or (extra if isinstance(extra, dict) else {})
-    node = _deref(node, root)
+    node = deref(node, root)
     for choice in node.get("oneOf", node.get("anyOf", [])):
-        if "properties" in _deref(choice, root):
-            node = _deref(choice, root)
+        if "properties" in deref(choice, root):
+            node = deref(choice, root)
     return list(node.get("properties", {}))
-
-
-def _deref(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
-    ref = node.get("$ref")
-    if isinstance(ref, str) and ref.startswith("#/"):
-        target: Any = root
-        for part in ref[2:].split("/"):
-            target = target[part]
-        return dict(target)
-    return node

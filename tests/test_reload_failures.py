@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,14 +55,19 @@ def notifications(sock: socket.socket) -> list[str]:
 
 
 async def reload_and_wait(d: Running, edit: str | None = EDITED) -> dict[str, Any]:
+    """Save `edit` (the file watcher reloads it) or, with None, SIGHUP; returns the record of a
+    reload that ended after this call began (never an earlier one still shown)."""
+    before = time.time()
     if edit is not None:
         d.config_path.write_text(edit.lstrip())
-    d.daemon.request_reload()
+    else:
+        d.daemon.request_reload()
 
     async def last() -> Any:
-        return (await d.http("GET", "/v1/status")).json()["last_reload"]
+        record = (await d.http("GET", "/v1/status")).json()["last_reload"]
+        return record if record is not None and record["at"] > before else None
 
-    return await eventually(last, "the reload to be recorded")
+    return await eventually(last, "a reload that ended after the edit")
 
 
 async def still_serves(d: Running) -> None:

@@ -106,21 +106,6 @@ async def wait_queued(ws: WsClient, id: Any) -> dict[str, Any]:
     return await ws.wait_for(lambda m: m.get("id") == id and m["type"] == "queued")
 
 
-@pytest.fixture
-def gates():
-    """Make unique gate names; every gate is opened at the end so no worker stays blocked."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"gate-{uuid.uuid4().hex}"
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        versioned.open_gate(name)
-
-
 def unique_tag(label: str) -> str:
     return f"{label}-{uuid.uuid4().hex[:8]}"
 

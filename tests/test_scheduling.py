@@ -10,7 +10,6 @@ Every admitted request must end exactly once, so each test counts terminal messa
 from __future__ import annotations
 
 import re
-import uuid
 from collections import Counter
 from typing import Any
 
@@ -21,21 +20,6 @@ from tests.harness import Running, WsClient, eventually, serve
 from tests.test_reload_live import RELOAD_WAIT_S, save_atomic
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def gates():
-    """Make unique gate names; every gate is opened at the end so no worker stays blocked."""
-    made: list[str] = []
-
-    def make() -> str:
-        name = f"gate-{uuid.uuid4().hex}"
-        made.append(name)
-        return name
-
-    yield make
-    for name in made:
-        versioned.open_gate(name)
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -335,17 +319,22 @@ async def warm(ws: WsClient, endpoint: str = "nap", calls: int = 2) -> None:
         assert (await ws.terminal(f"warm-{i}"))["type"] == "completed"
 
 
+async def burst(ws: WsClient, count: int = 8) -> tuple[list[int], dict[Any, dict[str, Any]]]:
+    """After warming up, `count` one-nap requests sent at once: their ids and terminal messages."""
+    await warm(ws)
+    ids = list(range(count))
+    for id in ids:
+        await ws.submit(id, "nap", {"s": NAP_S})
+    return ids, await all_terminals(ws, ids)
+
+
 async def test_predicted_admission_refuses_at_once_what_cannot_finish_before_timeout_s(tmp_path):
     """queue.admit: predicted, timeout_s 4.5 naps, a burst of 8 one-nap requests: the first few are
     admitted and all complete (none times out), the rest are refused with queue_full at once, before
     the first of the burst has finished."""
     async with serve(tmp_path, predicted("predicted")) as d:
         ws = await d.ws()
-        await warm(ws)
-        ids = list(range(8))
-        for id in ids:
-            await ws.submit(id, "nap", {"s": NAP_S})
-        ends = await all_terminals(ws, ids)
+        ids, ends = await burst(ws)
         admitted = [id for id in ids if ws.of(id)[0]["type"] == "queued"]
         refused = [id for id in ids if id not in admitted]
         assert admitted == ids[: len(admitted)], "admission is not a prefix of the burst"
@@ -362,11 +351,7 @@ async def test_with_admit_always_everything_is_admitted_and_the_late_ones_time_o
     timeout_s end with timeout naming queue.timeout_s; each request ends exactly once."""
     async with serve(tmp_path, predicted("always")) as d:
         ws = await d.ws()
-        await warm(ws)
-        ids = list(range(8))
-        for id in ids:
-            await ws.submit(id, "nap", {"s": NAP_S})
-        ends = await all_terminals(ws, ids)
+        ids, ends = await burst(ws)
         assert all(ws.of(id)[0]["type"] == "queued" for id in ids)
         timed_out = [id for id in ids if ends[id]["type"] == "error"]
         assert timed_out, "nothing timed out: the burst was not long enough to show the contrast"

@@ -256,7 +256,8 @@ async def test_json_requests_to_a_tensor_endpoint_are_stacked_and_answered_per_r
         assert replies[0].json()["data"] == {"y": [[2, 4, 6]]}
         assert replies[1].json()["data"] == {"y": [[8, 10, 12], [14, 16, 18]]}
         assert replies[2].status == 500 and "negative" in replies[2].json()["error"]["message"]
-    assert [e["id"] for e in d.errors_logged()] == ["http-3"], "only the bad request failed"
+    # ids are given in arrival order, which gather doesn't fix: count the failures instead
+    assert len([e for e in d.errors_logged() if e["event"] == "entrypoint raised"]) == 1, "only the bad one failed"
 
 
 async def test_batch_max_size_counts_rows_and_a_request_over_it_is_refused(tmp_path):

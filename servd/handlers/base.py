@@ -10,9 +10,10 @@ over plain HTTP.
 from __future__ import annotations
 
 import json
+import math
 from typing import TYPE_CHECKING, Any
 
-from tornado.web import RequestHandler
+from tornado.web import RequestHandler, stream_request_body
 
 from servd import auth, compat, webguard
 from servd.errors import ErrorCode, ServdError
@@ -108,6 +109,24 @@ class JSONHandler(RequestHandler):
             raise ServdError(ErrorCode.UNAUTHORIZED, "a valid bearer token is required (Authorization: Bearer <token>)")
         return token
 
+    def note_refusal(self, name: str | None, error: ServdError) -> dict[str, str]:
+        """Count a refused request (against endpoint `name`, when known); the headers its answer
+        carries: a queue_full one says when to come back (Retry-After: a new request's ETA, at
+        least 1 s; clients wait this long)."""
+        self.daemon.note_rejected(name, error)
+        if error.code is not ErrorCode.QUEUE_FULL or name not in self.daemon.endpoints:
+            return {}
+        eta = self.daemon.endpoints[name].eta_for_new()
+        return {"Retry-After": str(max(1, math.ceil(eta or 1)))}
+
+    def start_event_stream(self) -> None:
+        """The 200 and SSE headers, once: at admission or with the first event."""
+        if compat.response_started(self):
+            return
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("X-Accel-Buffering", "no")  # nginx: don't buffer the stream
+        self.flush()
+
     def send_json(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
         self.finish(body if isinstance(body, (str, bytes)) else encode(body))
@@ -122,6 +141,42 @@ class JSONHandler(RequestHandler):
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         self._allow_cross_origin()  # send_error cleared the headers prepare set
         write_wire_error(self, status_code)
+
+
+@stream_request_body
+class LimitedBody(JSONHandler):
+    """A POST whose body is streamed in and held to server.max_message_bytes: one over it by its
+    Content-Length is refused before it is read; a chunked one is dropped as it comes and refused
+    (`too_large_error()`) when it has ended. Subclasses answer refusals in `_refuse`."""
+
+    def initialize(self, daemon: Daemon) -> None:
+        super().initialize(daemon)
+        self.body = bytearray()
+        self.too_large = False
+
+    def prepare(self) -> None:
+        super().prepare()
+        if compat.response_finished(self) or self.request.method != "POST":
+            return
+        declared = self.request.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.daemon.spec.server.max_message_bytes:
+            self._refuse(self.too_large_error(f"{declared} bytes"))
+
+    def data_received(self, chunk: bytes) -> None:
+        if self.too_large or self.request.method != "POST":
+            return
+        self.body += chunk
+        if len(self.body) > self.daemon.spec.server.max_message_bytes:
+            self.too_large, self.body = True, bytearray()
+
+    def too_large_error(self, size: str | None = None) -> ServdError:
+        limit = self.daemon.spec.server.max_message_bytes
+        return ServdError(
+            ErrorCode.TOO_LARGE, f"body is {size or f'over {limit} bytes'}; server.max_message_bytes={limit}"
+        )
+
+    def _refuse(self, error: ServdError) -> None:
+        raise NotImplementedError
 
 
 class NotFound(JSONHandler):

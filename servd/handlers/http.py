@@ -7,7 +7,6 @@ it is read or parsed. A client that hangs up cancels its request.
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 from tornado.iostream import StreamClosedError
@@ -102,7 +101,7 @@ class EndpointHTTP(JSONHandler):
         # body; only what happens after admission arrives as events (with the request's id)
         self.daemon.admit(name, request)
         if self.streaming:
-            self._start_stream()
+            self.start_event_stream()
         return request
 
     def _scheduling(self, body: dict[str, Any]) -> tuple[int, float | None]:
@@ -125,12 +124,7 @@ class EndpointHTTP(JSONHandler):
         return body
 
     def _refuse(self, error: ServdError, name: str | None = None) -> None:
-        self.daemon.note_rejected(name, error)
-        headers = {}
-        if error.code is ErrorCode.QUEUE_FULL and name in self.daemon.endpoints:
-            eta = self.daemon.endpoints[name].eta_for_new()
-            headers["Retry-After"] = str(max(1, math.ceil(eta or 1)))
-        self.send_error_code(error, headers)
+        self.send_error_code(error, self.note_refusal(name, error))
 
     def _respond(self, terminal: Terminal) -> None:
         if isinstance(terminal, Completed):
@@ -141,16 +135,8 @@ class EndpointHTTP(JSONHandler):
 
     # -- server-sent events ------------------------------------------------------------------
 
-    def _start_stream(self) -> None:
-        """The 200 and SSE headers, once: at admission or with a message sent while admitting."""
-        if compat.response_started(self):
-            return
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("X-Accel-Buffering", "no")  # nginx: don't buffer the stream
-        self.flush()
-
     def _event(self, kind: str, message: str) -> None:
-        self._start_stream()
+        self.start_event_stream()
         try:
             self.write(f"event: {kind}\ndata: {message}\n\n")
             self.flush()

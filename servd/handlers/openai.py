@@ -13,19 +13,17 @@ request. Errors are in OpenAI's shape, with servd's code words and statuses.
 from __future__ import annotations
 
 import asyncio
-import math
 import secrets
 import time
 from typing import Any
 
 from tornado.iostream import StreamClosedError
-from tornado.web import stream_request_body
 
 from servd import auth, compat, protocol
 from servd import openai_shapes as shapes
 from servd.errors import ErrorCode, ServdError
 from servd.failures import log_safely
-from servd.handlers.base import JSONHandler, allowed_methods, encode
+from servd.handlers.base import JSONHandler, LimitedBody, allowed_methods, encode
 from servd.request import Completed, Request, Terminal
 
 NOT_RETRIED = (ErrorCode.ENDPOINT_FAILED, ErrorCode.TIMEOUT)  # the same call would fail the same way
@@ -81,14 +79,11 @@ class Models(OpenAIHandler):
         self.send_json(shapes.model_card(model, created))
 
 
-@stream_request_body
-class ChatCompletions(OpenAIHandler):
+class ChatCompletions(OpenAIHandler, LimitedBody):
     """POST /v1/chat/completions: one answer, or (`stream: true`) chat.completion.chunk events."""
 
     def initialize(self, daemon: Any) -> None:
         super().initialize(daemon)
-        self.body = bytearray()
-        self.too_large = False
         self.chat: shapes.ChatRequest | None = None
         self.record: Request | None = None
         self.outcome: asyncio.Future[Terminal] | None = None
@@ -98,33 +93,11 @@ class ChatCompletions(OpenAIHandler):
         self.endpoint_name: str | None = None
         self.broken: str | None = None  # why the entrypoint's answer can't be sent, once it is known
 
-    def prepare(self) -> None:
-        super().prepare()
-        if compat.response_finished(self) or self.request.method != "POST":
-            return
-        declared = self.request.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.daemon.spec.server.max_message_bytes:
-            self._refuse(self._too_large(f"{declared} bytes"))
-
-    def data_received(self, chunk: bytes) -> None:
-        """A chunked body past the limit is dropped as it comes, and refused when it has ended."""
-        if self.too_large or self.request.method != "POST":
-            return
-        self.body += chunk
-        if len(self.body) > self.daemon.spec.server.max_message_bytes:
-            self.too_large, self.body = True, bytearray()
-
-    def _too_large(self, size: str | None = None) -> ServdError:
-        limit = self.daemon.spec.server.max_message_bytes
-        return ServdError(
-            ErrorCode.TOO_LARGE, f"body is {size or f'over {limit} bytes'}; server.max_message_bytes={limit}"
-        )
-
     async def post(self) -> None:
         if compat.response_finished(self):
             return
         if self.too_large:
-            return self._refuse(self._too_large())
+            return self._refuse(self.too_large_error())
         try:
             token = self.check_auth()
             self.chat = shapes.parse_chat(self._json())
@@ -164,16 +137,10 @@ class ChatCompletions(OpenAIHandler):
         self.daemon.admit(name, request)  # a refusal raises here, before anything is sent
         self.record = request
         if self.chat.stream:
-            self._start_stream()
+            self.start_event_stream()
 
     def _refuse(self, error: ServdError, param: str | None = None) -> None:
-        name = self.endpoint_name
-        self.daemon.note_rejected(name, error)
-        headers = {}
-        if error.code is ErrorCode.QUEUE_FULL and name in self.daemon.endpoints:
-            eta = self.daemon.endpoints[name].eta_for_new()
-            headers["Retry-After"] = str(max(1, math.ceil(eta or 1)))  # OpenAI's clients wait this long
-        self.send_error_code(error, headers, param)
+        self.send_error_code(error, self.note_refusal(self.endpoint_name, error), param)
 
     # -- Sink ------------------------------------------------------------------------------
 
@@ -261,20 +228,13 @@ class ChatCompletions(OpenAIHandler):
         assert self.chat is not None
         return shapes.chunk(self.ident, self.created, self.chat.model, delta, reason, **extra)
 
-    def _start_stream(self) -> None:
-        if compat.response_started(self):
-            return
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("X-Accel-Buffering", "no")  # nginx: don't buffer the stream
-        self.flush()
-
     def _data(self, value: dict[str, Any]) -> None:
         self._write(f"data: {encode(value)}\n\n")
 
     def _write(self, text: str) -> None:
         if compat.response_finished(self):
             return
-        self._start_stream()
+        self.start_event_stream()
         try:
             self.write(text)
             self.flush()

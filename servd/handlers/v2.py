@@ -13,15 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 from typing import Any
-
-from tornado.web import stream_request_body
 
 from servd import __version__, auth, compat, tensors, v2
 from servd.endpoint import Endpoint
 from servd.errors import ErrorCode, ServdError
-from servd.handlers.base import JSONHandler, allowed_methods
+from servd.handlers.base import JSONHandler, LimitedBody, allowed_methods
 from servd.request import Completed, Request, Terminal
 
 STATUS = {ErrorCode.INVALID_INPUT: 400}  # the v2 protocol's status where it differs from servd's
@@ -128,47 +125,22 @@ class Statistics(V2Handler):
         self.answer(build)
 
 
-@stream_request_body
-class Infer(V2Handler):
+class Infer(V2Handler, LimitedBody):
     """POST /v2/models/{name}[/versions/1]/infer, JSON or with binary tensor data."""
 
     def initialize(self, daemon: Any) -> None:
         super().initialize(daemon)
-        self.body = bytearray()
-        self.too_large = False
         self.name = ""
         self.parsed: v2.InferRequest | None = None
         self.record: Request | None = None
         self.outcome: asyncio.Future[Terminal] | None = None
-
-    def prepare(self) -> None:
-        super().prepare()
-        if compat.response_finished(self) or self.request.method != "POST":
-            return
-        declared = self.request.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self.daemon.spec.server.max_message_bytes:
-            self._refuse(self._too_large(f"{declared} bytes"))
-
-    def data_received(self, chunk: bytes) -> None:
-        """A chunked body past the limit is dropped as it comes, and refused when it has ended."""
-        if self.too_large or self.request.method != "POST":
-            return
-        self.body += chunk
-        if len(self.body) > self.daemon.spec.server.max_message_bytes:
-            self.too_large, self.body = True, bytearray()
-
-    def _too_large(self, size: str | None = None) -> ServdError:
-        limit = self.daemon.spec.server.max_message_bytes
-        return ServdError(
-            ErrorCode.TOO_LARGE, f"body is {size or f'over {limit} bytes'}; server.max_message_bytes={limit}"
-        )
 
     async def post(self, name: str, version: str | None = None) -> None:
         if compat.response_finished(self):
             return
         self.name = name
         if self.too_large:
-            return self._refuse(self._too_large())
+            return self._refuse(self.too_large_error())
         try:
             self._admit(name, version)
         except v2.V2Error as exc:
@@ -203,13 +175,7 @@ class Infer(V2Handler):
         return tensors.TensorInput(parsed.inputs, reply)
 
     def _refuse(self, error: ServdError) -> None:
-        name = self.name or None
-        self.daemon.note_rejected(name, error)
-        headers = {}
-        if error.code is ErrorCode.QUEUE_FULL and name in self.daemon.endpoints:
-            eta = self.daemon.endpoints[name].eta_for_new()
-            headers["Retry-After"] = str(max(1, math.ceil(eta or 1)))
-        self.send_error_code(error, headers)
+        self.send_error_code(error, self.note_refusal(self.name or None, error))
 
     # -- Sink ------------------------------------------------------------------------------
 
