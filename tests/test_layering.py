@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from servd.daemon import SERVER_APPLIERS
+from servd.reloading import SERVER_APPLIERS
 from servd.reload import RESTART_KEYS
 from servd.spec import ServerSpec
 
@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     },
     {"check", "instances"},
     {"endpoint"},
-    {"daemon", "snapshot", "live"},
+    {"daemon", "reloading", "snapshot", "live"},
     {"handlers", "handlers.base", "handlers.http", "handlers.ops", "handlers.ws", "handlers.openai",
      "handlers.console", "handlers.events", "handlers.v2"},
     {"app", "listener"},
