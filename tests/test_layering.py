@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from servd.reloading import SERVER_APPLIERS
 from servd.reload import RESTART_KEYS
+from servd.reloading import SERVER_APPLIERS
 from servd.spec import ServerSpec
 
 PACKAGE = Path(__file__).resolve().parent.parent / "servd"
