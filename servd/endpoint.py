@@ -88,28 +88,31 @@ class Endpoint:
         self._admission_check(request)
         now = self.loop.time()
         due = admission.deadline(limits, request.deadline_s, now)
-        eta = rank = None
-        if request.progress or limits.admit == "predicted":  # the ETA costs a little: only when used
+        eta = None
+        if limits.admit == "predicted":  # the rank it would get, before it takes a place
             rank = self.queue.rank_if_pushed(request.client, request.priority)
-            eta = batching.eta(rank, self.working_batch_size, self._slot_remaining(now), self.stats.batch_time_s)
-            if limits.admit == "predicted" and (refusal := admission.doomed(eta, rank, now, due)) is not None:
+            eta = self._eta(rank, now)
+            if (refusal := admission.doomed(eta, rank, now, due)) is not None:
                 raise refusal
         request.admitted_at = now
         request.owner = self
-        request.eta_s = eta if request.progress else None  # judged only where a client was told it
         if due is not None:
             request.deadline = due
             request.timer = self.loop.call_at(due, self._expire, request)
         request.last_rank = self.queue.push(request)
         self.metrics.admitted_at(request.priority)
-        if request.progress:
-            request.sink.send(request, protocol.queued(request.id, request.last_rank, len(self.queue), eta))
+        if request.progress:  # the ETA costs a little: only when someone is told it (and it is judged)
+            request.eta_s = eta if eta is not None else self._eta(request.last_rank, now)
+            request.sink.send(request, protocol.queued(request.id, request.last_rank, len(self.queue), request.eta_s))
         if self.queue.pushes_back_others(request.priority):
             self._schedule_broadcast()
         if self.spec.batch is not None and self.spec.batch.wait == "when_busy" and not self._batches:
             self._pump_soon()
         else:
             self._pump()
+
+    def _eta(self, rank: int, now: float) -> float | None:
+        return batching.eta(rank, self.working_batch_size, self._slot_remaining(now), self.stats.batch_time_s)
 
     def _pump_soon(self) -> None:
         """Pump once the loop has read what arrived with this request: an idle batched endpoint
@@ -361,9 +364,7 @@ class Endpoint:
         return [0.0] * free + sorted(busy)
 
     def eta_for_new(self) -> float | None:
-        return batching.eta(
-            len(self.queue), self.working_batch_size, self._slot_remaining(self.loop.time()), self.stats.batch_time_s
-        )
+        return self._eta(len(self.queue), self.loop.time())
 
     def _schedule_broadcast(self) -> None:
         if self._broadcast is not None or not self.queue:

@@ -179,27 +179,33 @@ class EndpointSeries:
     """One endpoint's per-request metrics (PER_REQUEST), written on the loop."""
 
     requests: dict[str, int] = field(default_factory=dict)  # outcome -> count
-    admitted: dict[str, int] = field(default_factory=dict)  # priority level -> count
-    queue_seconds: LoopHistogram = field(default_factory=lambda: LoopHistogram(_buckets_of("queue_seconds")))
+    admitted: dict[int, int] = field(default_factory=dict)  # priority level -> count
     run_seconds: LoopHistogram = field(default_factory=lambda: LoopHistogram(_buckets_of("run_seconds")))
     batch_size: LoopHistogram = field(default_factory=lambda: LoopHistogram(_buckets_of("batch_size")))
-    priority_queue_seconds: dict[str, LoopHistogram] = field(default_factory=dict)  # priority level -> histogram
+    priority_queue_seconds: dict[int, LoopHistogram] = field(default_factory=dict)  # priority level -> histogram
     eta_error: LoopHistogram = field(default_factory=lambda: LoopHistogram(_buckets_of("eta_error")))
 
     def ended(self, outcome: str) -> None:
         self.requests[outcome] = self.requests.get(outcome, 0) + 1
 
     def admitted_at(self, priority: int) -> None:
-        key = str(priority)
-        self.admitted[key] = self.admitted.get(key, 0) + 1
+        self.admitted[priority] = self.admitted.get(priority, 0) + 1
 
     def waited(self, priority: int, queue_s: float) -> None:
-        self.queue_seconds.observe(queue_s)
-        key = str(priority)
-        histogram = self.priority_queue_seconds.get(key)
+        """One observation per request, by level; servd_queue_seconds is their sum, made at scrape."""
+        histogram = self.priority_queue_seconds.get(priority)
         if histogram is None:
-            histogram = self.priority_queue_seconds[key] = LoopHistogram(_buckets_of("priority_queue_seconds"))
+            histogram = self.priority_queue_seconds[priority] = LoopHistogram(_buckets_of("priority_queue_seconds"))
         histogram.observe(queue_s)
+
+    @property
+    def queue_seconds(self) -> LoopHistogram:
+        """Every level's wait together (the same buckets), summed when /metrics is read."""
+        merged = LoopHistogram(_buckets_of("queue_seconds"))
+        for histogram in self.priority_queue_seconds.values():
+            merged.counts = [a + b for a, b in zip(merged.counts, histogram.counts, strict=True)]
+            merged.total += histogram.total
+        return merged
 
 
 class _PerRequestCollector:
@@ -218,17 +224,17 @@ class _PerRequestCollector:
             if d.kind is Counter:
                 counter = CounterMetricFamily(d.name, d.help, labels=d.labels)
                 for name, series in self.series.items():
-                    counts: dict[str, int] = getattr(series, d.attr)
+                    counts: dict[Any, int] = getattr(series, d.attr)
                     for label, count in counts.items():
-                        counter.add_metric([name, label], count)
+                        counter.add_metric([name, str(label)], count)
                 yield counter
                 continue
             histogram = HistogramMetricFamily(d.name, d.help, labels=d.labels)
             for name, series in self.series.items():
-                values: LoopHistogram | dict[str, LoopHistogram] = getattr(series, d.attr)
+                values: LoopHistogram | dict[int, LoopHistogram] = getattr(series, d.attr)
                 if isinstance(values, LoopHistogram):
                     histogram.add_metric([name], values.buckets(), values.total)
                     continue
                 for label, by_label in values.items():
-                    histogram.add_metric([name, label], by_label.buckets(), by_label.total)
+                    histogram.add_metric([name, str(label)], by_label.buckets(), by_label.total)
             yield histogram
