@@ -19,7 +19,6 @@ Events (each `event: KIND` with `data:` one JSON object carrying `"type": KIND`)
 from __future__ import annotations
 
 import itertools
-import json
 import time
 import weakref
 from collections import deque
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tornado.ioloop import PeriodicCallback
 
+from servd import protocol
 from servd.snapshot import endpoint_snapshot
 from servd.stats import percentile
 
@@ -38,7 +38,6 @@ if TYPE_CHECKING:
 INTERVAL_S = 1.0
 HISTORY_POINTS = 300  # five minutes at one point a second
 RELOADS_KEPT = 10
-encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class Subscriber(Protocol):
@@ -166,4 +165,4 @@ class LiveFeed:
 
 def sse(kind: str, body: dict[str, Any]) -> str:
     """One server-sent event; JSON text has no raw newlines, so `data:` is one line."""
-    return f"event: {kind}\ndata: {encode(body)}\n\n"
+    return f"event: {kind}\ndata: {protocol.compact(body)}\n\n"

@@ -124,6 +124,8 @@ def _finite_float(literal: str) -> float:
 
 _ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+# servd's own bodies (errors, status, events): compact like every answer, json's rules otherwise.
+compact = json.JSONEncoder(separators=(",", ":")).encode
 _STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
 _DIGITS_AS_ZERO = bytes(ord("0") if chr(c).isdigit() and c < 128 else ord(" ") for c in range(256))
 _LONG_DIGIT_RUN = b"0" * 19  # 2**63 has 19 digits: shorter integers are exact in orjson too

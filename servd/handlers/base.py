@@ -9,20 +9,19 @@ over plain HTTP.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import TYPE_CHECKING, Any
 
 from tornado.web import RequestHandler, stream_request_body
 
-from servd import auth, compat, webguard
+from servd import auth, compat, protocol, webguard
 from servd.errors import ErrorCode, ServdError
 
 if TYPE_CHECKING:
     from servd.daemon import Daemon
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-encode = json.JSONEncoder(separators=(",", ":")).encode
+encode = protocol.compact
 
 
 def error_body(code: ErrorCode, message: str) -> str:
