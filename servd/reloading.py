@@ -118,7 +118,7 @@ class Reloading:
         content = digest(self.spec.path)
         code_mtimes = self._code_mtimes()  # read here: endpoint state is the loop's
         try:
-            new, stale = await self.loop.run_in_executor(None, self._load_new, code_mtimes)
+            new, stale, tokens = await self.loop.run_in_executor(None, self._load_new, code_mtimes)
         except SpecError as exc:
             self._config_digest = content
             self._record_reload("invalid", started, error=str(exc))
@@ -137,6 +137,7 @@ class Reloading:
         if self.shutting_down:  # a shutdown began while models loaded: don't switch, just release
             await self._close_models(loaded)
             return
+        self.tokens = tokens  # read with the file: an edited tokens file applies on every reload (SIGHUP)
         failures = self._apply(change, new.spec, loaded)
         if failures:
             self._record_reload("failed", started, changes=change.summary(), error="; ".join(failures))
@@ -151,14 +152,13 @@ class Reloading:
             if e.instances.current
         }
 
-    def _load_new(self, code_mtimes: Mapping[str, float]) -> tuple[Checked, set[str]]:
-        """Worker thread, plain values only: the new file checked in full, and which entrypoints
-        have new code on disk."""
+    def _load_new(self, code_mtimes: Mapping[str, float]) -> tuple[Checked, set[str], tuple[auth.Token, ...]]:
+        """Worker thread, plain values only: the new file checked in full, which entrypoints have
+        new code on disk, and the tokens (an unreadable tokens file fails the reload, not requests)."""
         stale = {ref for ref, mtime in code_mtimes.items() if entrypoints.changed_since(ref, mtime)}
         checked = load_checked(self.spec.path, fresh_imports=True)
         checked = dataclasses.replace(checked, spec=self._overridden(checked.spec))  # --host/--port outlive reloads
-        auth.read_tokens(checked.spec.server.tokens_file)  # an unreadable tokens file fails the reload, not requests
-        return checked, stale
+        return checked, stale, auth.read_tokens(checked.spec.server.tokens_file)
 
     async def _load_changed_models(self, change: Plan, new: Checked) -> dict[str, list[Model]]:
         """New models for added and remodeled endpoints, all loaded before anything is switched."""
@@ -214,9 +214,6 @@ class Reloading:
                 f"apply server.{key}", functools.partial(applier, self, new), failures
             ):
                 applied = dataclasses.replace(applied, **{key: getattr(self.spec.server, key)})
-        if "tokens_file" not in change.server_changed and new.tokens_file is not None:
-            # the same file, perhaps edited: SIGHUP after removing a token must revoke it
-            self._step("re-read server.tokens_file", functools.partial(self._apply_tokens, new), failures)
         self.restart_needed = [f"server.{key}" for key in change.needs_restart]
         if self.restart_needed:
             applied = dataclasses.replace(applied, host=self.spec.server.host, port=self.spec.server.port)
@@ -253,9 +250,6 @@ class Reloading:
         self.log = logs.get_logger()
         for endpoint in [*self.endpoints.values(), *self.retiring]:
             endpoint.set_log(self.log)
-
-    def _apply_tokens(self, server: ServerSpec) -> None:
-        self.tokens = auth.read_tokens(server.tokens_file)
 
     def _apply_listener(self, server: ServerSpec) -> None:
         if self.front is not None:
@@ -316,7 +310,7 @@ READ_LIVE = None  # read from daemon.spec where it is used (per request or per c
 SERVER_APPLIERS: dict[str, ServerApplier | None] = {
     "max_threads": lambda daemon, server: daemon.runner.resize(server.max_threads),
     "log": Reloading._apply_log,
-    "tokens_file": Reloading._apply_tokens,
+    "tokens_file": READ_LIVE,  # the tokens read with the file are installed by every reload
     "max_message_bytes": Reloading._apply_listener,
     "ping_interval_s": Reloading._apply_listener,
     "max_connections": Reloading._raise_open_files_limit,
