@@ -180,6 +180,8 @@ async def test_the_form_follows_the_input_schema_and_a_bad_input_is_told_in_plai
     that means and where."""
     async with serve(tmp_path, CONFIG) as d, open_page(chromium, d.url + "/") as page:
         await open_endpoint(page, d, "classify")
+        # the form is built once the endpoint's schema has arrived: wait for the field, then read it
+        await page.wait("document.querySelector('.field.numbers textarea')?.value", "the prefilled numbers field")
         field = await page.eval("(() => { const t = document.querySelector('.field.numbers textarea');"
                                 " return {value: t.value, label: t.labels[0].textContent}; })()")  # fmt: skip
         assert field["label"] == "data *" and len(field["value"].split(",")) == 8

@@ -168,7 +168,11 @@ def test_status_shows_a_failed_reload_with_its_error_then_an_applied_one(tmp_pat
 
         config.write_text(CONFIG.replace("concurrency: 3", "concurrency: 2"), "utf-8")
         daemon.proc.send_signal(signal.SIGHUP)
-        eventually_sync(lambda: http(daemon.port, "GET", "/v1/status").body["generation"] == 2, "generation 2")
+        eventually_sync(  # the whole status is shown on a timeout: last_reload says what happened
+            lambda: http(daemon.port, "GET", "/v1/status").body,
+            "generation 2",
+            until=lambda status: status["generation"] == 2,
+        )
 
         result = servd_status(url)
         lines = result.stdout.splitlines()
@@ -185,7 +189,11 @@ def test_a_reload_under_a_port_override_asks_for_no_restart(tmp_path):
     with running(tmp_path, CONFIG) as daemon:
         (tmp_path / "servd.yaml").write_text(CONFIG.replace("concurrency: 3", "concurrency: 2"), "utf-8")
         daemon.proc.send_signal(signal.SIGHUP)
-        eventually_sync(lambda: http(daemon.port, "GET", "/v1/status").body["generation"] == 2, "generation 2")
+        eventually_sync(  # the whole status is shown on a timeout: last_reload says what happened
+            lambda: http(daemon.port, "GET", "/v1/status").body,
+            "generation 2",
+            until=lambda status: status["generation"] == 2,
+        )
         result = servd_status(f"http://127.0.0.1:{daemon.port}")
         assert result.returncode == 0, result.stderr
         assert "restart needed" not in result.stdout
