@@ -5,7 +5,7 @@ N clients keeps one request in flight (closed loop). servd is measured at log le
 (no per-request log line) and info (one JSON line per request, to a file), in the same run,
 with the servers taking turns at each client count so that drifting machine load hits all alike.
 
-    python -m benchmarks.echo [--quick] [--clients 1,64,256] [--duration 5] [--rounds 1]
+    python -m benchmarks.echo [--quick] [--clients 1,64,256] [--duration 5] [--rounds 1] [--concurrency 4,1]
                               [--compare NAME=PATH] [--profile servd.svg]
 """
 
@@ -22,7 +22,8 @@ from typing import Any
 from benchmarks import common
 
 DATA = {"text": "hello servd", "n": 42}
-TARGET_RATIO_AT_64 = 0.5
+TARGET_RATIO_AT_64 = 0.5  # concurrency 4
+TARGET_RATIO_AT_64_C1 = 0.60  # concurrency 1, Gradio's default (issue #13)
 TARGET_P50_MS_AT_1 = 1.0
 BARE = "bare"
 
@@ -48,7 +49,7 @@ def run(
     duration_s: float = 5.0,
     rounds: int = 1,
     levels: tuple[str, ...] = ("warning", "info"),
-    concurrency: int = 4,
+    concurrencies: tuple[int, ...] = (4, 1),
     profile: Path | None = None,
     profile_clients: int = 64,
     compare: tuple[tuple[str, Path], ...] = (),
@@ -61,11 +62,14 @@ def run(
     with common.workdir() as work, common.servers() as running:
         targets: list[tuple[str, common.Server, common.Workload]] = []
         for label, root in [("servd", common.ROOT), *compare]:
-            for level in levels:
-                config = common.servd_config(endpoint_yaml(concurrency), log_level=level)
-                server = common.start_servd(f"{label}[{level}]", config, work, root=root)
-                running.append(server)
-                targets.append((server.name, server, servd_ws))
+            for concurrency in concurrencies:
+                for level in levels:
+                    config = common.servd_config(endpoint_yaml(concurrency), log_level=level)
+                    tag = level if concurrency == concurrencies[0] else f"{level}, c{concurrency}"
+                    name = f"{label}[{tag}]"
+                    server = common.start_servd(name, config, work, root=root)
+                    running.append(server)
+                    targets.append((server.name, server, servd_ws))
         bare = common.start_bare_echo()
         running.append(bare)
         targets.append((BARE, bare, bare_workload()))
@@ -93,7 +97,7 @@ def run(
             "warmup_s": warmup_s,
             "duration_s": duration_s,
             "rounds": rounds,
-            "concurrency": concurrency,
+            "concurrency": list(concurrencies),
             "levels": list(levels),
             "compare": {label: str(root) for label, root in compare},
             "message": servd_ws.message(1).decode(),
@@ -139,12 +143,17 @@ def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
     results = result["results"]
     clients = result["settings"]["clients"]
     bare = dict(zip(clients, results.get(BARE, []), strict=False))
-    main = f"servd[{result['settings']['levels'][0]}]"
+    level, concurrencies = result["settings"]["levels"][0], result["settings"]["concurrency"]
+    main = f"servd[{level}]"
+    targets = {main: TARGET_RATIO_AT_64 if concurrencies[0] == 4 else None}
+    targets.update({f"servd[{level}, c{c}]": TARGET_RATIO_AT_64_C1 for c in concurrencies[1:] if c == 1})
+    if concurrencies[0] == 1:
+        targets[main] = TARGET_RATIO_AT_64_C1
     rows = []
     for name in _servd_names(result):
         for n, m in zip(clients, results[name], strict=True):
             b = bare.get(n)
-            target = TARGET_RATIO_AT_64 if n == 64 and name == main else None
+            target = targets.get(name) if n == 64 else None
             value = common.ratio(m["rate"], b["rate"] if b else None)
             rows.append(common.summary_row(f"echo {name} / bare req/s, {n} clients", value, target))
         if 1 in clients:
@@ -162,7 +171,8 @@ def print_report(result: dict[str, Any]) -> None:
     print()
     print(
         f"echo: closed loop, {settings['duration_s']} s per point after {settings['warmup_s']} s warm-up, "
-        f"median of {settings['rounds']} round(s); echo endpoint concurrency {settings['concurrency']}"
+        f"median of {settings['rounds']} round(s); echo endpoint concurrency {settings['concurrency'][0]} "
+        "(', cN': concurrency N)"
     )
     main = names[0]
     headers = ["clients", f"{main} req/s", "bare req/s", "ratio", "servd p50 ms", "p99 ms", "bare p50 ms", "p99 ms"]
@@ -193,7 +203,9 @@ def print_report(result: dict[str, Any]) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     common.add_load_arguments(parser)
     parser.add_argument("--levels", default="warning,info", help="servd log levels to measure")
-    parser.add_argument("--concurrency", type=int, default=4, help="concurrency of the echo endpoint")
+    parser.add_argument(
+        "--concurrency", default="4,1", help="concurrency of the echo endpoint; each value is a server (first: main)"
+    )
     parser.add_argument("--profile", type=Path, help="py-spy record servd into this file (.svg, .json, .txt)")
     parser.add_argument("--profile-clients", type=int, default=64, help="client count to profile at")
 
@@ -202,7 +214,7 @@ def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return run(
         **common.load_settings(args),
         levels=tuple(args.levels.split(",")),
-        concurrency=args.concurrency,
+        concurrencies=tuple(int(c) for c in args.concurrency.split(",")),
         profile=args.profile,
         profile_clients=args.profile_clients,
     )

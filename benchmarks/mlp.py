@@ -1,16 +1,19 @@
 """servd on a torch model against the same model called in-process, on one core each.
 
-examples.mlp:MLP (256-1024-1024-16) is served by `servd run` with batch.max_size 32 and a short
-max_delay_ms, concurrency 1 and server.torch_threads 1, pinned to one core; N closed-loop
-clients each keep one request in flight. The in-process limit is the same model called
-directly with JSON-decoded lists (list-to-tensor conversion included) at batch 1 and batch 32,
-in a fresh process pinned to the same core with torch.set_num_threads(1).
+examples.mlp:MLP (256-1024-1024-16) is served by `servd run` with concurrency 1 and
+server.torch_threads 1, pinned to one core, twice: batched (batch.max_size 32, a short
+max_delay_ms) and unbatched (no batch block: what Gradio's defaults give). N closed-loop clients
+each keep one request in flight. The in-process limit is the same model called directly with
+JSON-decoded lists (list-to-tensor conversion included) at batch 32 for the batched server and
+at batch 1 for the unbatched one, in a fresh process pinned to the same core with
+torch.set_num_threads(1).
 
 With --rounds R the servd points are measured R times, each round between two in-process runs
 whose mean is that round's limit (load on a shared machine drifts); each point reports the
 round with the median share.
 
     python -m benchmarks.mlp [--quick] [--clients 1,64,256] [--duration 5] [--rounds 1] [--device cpu]
+                             [--modes batched,unbatched] [--batch-wait when_busy]
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ MAX_DELAY_MS = 2
 INPUTS = 256  # distinct inputs cycled through in-process
 TARGET_SHARE_AT_64 = 0.35
 TARGET_P99_MS_AT_64 = 50.0
+TARGET_UNBATCHED_SHARE_AT_64 = 0.58  # of the in-process batch-1 call (issue #13)
+TARGET_UNBATCHED_P50_AT_1 = 1.3  # p50 at 1 client over the in-process batch-1 call's p50
+UNBATCHED = "unbatched"
 
 
 def inputs(count: int, seed: int = 0) -> list[str]:
@@ -42,14 +48,12 @@ def inputs(count: int, seed: int = 0) -> list[str]:
     return [json.dumps([round(rng.uniform(-1, 1), 4) for _ in range(256)]) for _ in range(count)]
 
 
-def endpoint_yaml(device: str = "cpu", wait: str = "when_busy") -> str:
-    return (
-        "  mlp:\n"
-        "    entrypoint: examples.mlp:MLP\n"
-        f"    device: {device}\n"
-        "    concurrency: 1\n"
-        f"    batch: {{max_size: {BATCH}, max_delay_ms: {MAX_DELAY_MS}, wait: {wait}}}\n"
-    )
+def endpoint_yaml(device: str = "cpu", wait: str | None = "when_busy") -> str:
+    """The served endpoint; `wait` None: unbatched (no batch block)."""
+    text = f"  mlp:\n    entrypoint: examples.mlp:MLP\n    device: {device}\n    concurrency: 1\n"
+    if wait is not None:
+        text += f"    batch: {{max_size: {BATCH}, max_delay_ms: {MAX_DELAY_MS}, wait: {wait}}}\n"
+    return text
 
 
 # -- in-process (runs in its own pinned process: python -m benchmarks.mlp --in-process) --------
@@ -137,6 +141,7 @@ def run(
     device: str = "cpu",
     rounds: int = 1,
     batch_waits: tuple[str, ...] = ("when_busy",),
+    modes: tuple[str, ...] = ("batched", UNBATCHED),
 ) -> dict[str, Any]:
     info = common.machine_info()
     common.pin_self(common.CLIENT_CORE)
@@ -146,12 +151,18 @@ def run(
     _print_in_process(in_runs[0])
     workload = common.servd_workload("mlp", json.loads(inputs(1)[0]))
     every: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    limit_keys: dict[str, str] = {}  # server name -> the in-process run it is a share of
     with common.workdir() as work, common.servers() as running:
-        for wait in batch_waits:  # more than one: side by side, each point measured on each in turn
+        served: list[tuple[str | None, str]] = []  # (batch.wait or None, name suffix)
+        if "batched" in modes:  # more than one wait: side by side, each point measured on each in turn
+            served += [(wait, "" if len(batch_waits) == 1 else f" wait={wait}") for wait in batch_waits]
+        if UNBATCHED in modes:
+            served.append((None, f" {UNBATCHED}"))
+        for wait, suffix in served:
             config = common.servd_config(endpoint_yaml(device, wait), log_level="warning", torch_threads=1)
-            suffix = "" if len(batch_waits) == 1 else f" wait={wait}"
             for label, root in [("servd", common.ROOT), *compare]:
                 running.append(common.start_servd(label + suffix, config, work, root=root))
+                limit_keys[running[-1].name] = LIMIT_KEY if wait is not None else "batch1"
         for round_ in range(rounds):
             rows: list[dict[str, Any]] = []
             for n in clients:
@@ -168,8 +179,9 @@ def run(
             print("  in-process again ...", flush=True)
             in_runs.append(run_in_process(warmup_s, duration_s, device))
             _print_in_process(in_runs[-1])
-            limit = (in_runs[-2][LIMIT_KEY]["samples_per_s"] + in_runs[-1][LIMIT_KEY]["samples_per_s"]) / 2
-            for row in rows:
+            for row, server in zip(rows, [s for _ in clients for s in running], strict=True):
+                key = limit_keys[server.name]
+                limit = (in_runs[-2][key]["samples_per_s"] + in_runs[-1][key]["samples_per_s"]) / 2
                 row["share"] = common.ratio(row["rate"], limit)
     measurements = {name: [_median_by_share(by_n[n]) for n in clients] for name, by_n in every.items()}
     local = _mean_in_process(in_runs)
@@ -182,6 +194,8 @@ def run(
             "warmup_s": warmup_s,
             "duration_s": duration_s,
             "batch": {"max_size": BATCH, "max_delay_ms": MAX_DELAY_MS, "wait": list(batch_waits)},
+            "modes": list(modes),
+            "limits": limit_keys,
             "concurrency": 1,
             "torch_threads": 1,
             "device": device,
@@ -231,16 +245,27 @@ def _mean_in_process(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def summarize(result: dict[str, Any]) -> list[dict[str, Any]]:
-    limit = result["in_process"][f"batch{BATCH}"]["samples_per_s"]
+    local = result["in_process"]
+    limits = result["settings"].get("limits", {})
     rows = []
     for name, ms in result["results"].items():
+        key = limits.get(name, LIMIT_KEY)
+        unbatched = key == "batch1"
+        limit = local[key]["samples_per_s"]
         for m in ms:
-            target = TARGET_SHARE_AT_64 if m["clients"] == 64 and name == "servd" else None
-            what = f"mlp {name} / in-process batch {BATCH} samples/s, {m['clients']} clients"
+            main = name in ("servd", f"servd {UNBATCHED}")
+            target = TARGET_UNBATCHED_SHARE_AT_64 if unbatched else TARGET_SHARE_AT_64
+            target = target if main and m["clients"] == 64 else None
+            what = f"mlp {name} / in-process {key.replace('batch', 'batch ')} samples/s, {m['clients']} clients"
             rows.append(common.summary_row(what, m.get("share", common.ratio(m["rate"], limit)), target))
-            if m["clients"] == 64:
-                target = TARGET_P99_MS_AT_64 if name == "servd" else None
+            if m["clients"] == 64 and not unbatched:
+                target = TARGET_P99_MS_AT_64 if main else None
                 rows.append(common.summary_row(f"mlp {name} p99 ms, 64 clients", m["p99_ms"], target, higher=False))
+            if m["clients"] == 1 and unbatched:
+                value = common.ratio(m["p50_ms"], local["batch1"]["call_p50_ms"])
+                target = TARGET_UNBATCHED_P50_AT_1 if main else None
+                what = f"mlp {name} p50 / in-process batch-1 call p50, 1 client"
+                rows.append(common.summary_row(what, value, target, higher=False))
     return rows
 
 
@@ -251,11 +276,11 @@ def print_report(result: dict[str, Any]) -> None:
     print()
     settings = result["settings"]
     print(
-        f"mlp on {settings['device']}: servd batch.max_size {BATCH}, max_delay_ms {MAX_DELAY_MS}, concurrency 1, "
-        "torch threads 1; "
+        f"mlp on {settings['device']}: servd batch.max_size {BATCH}, max_delay_ms {MAX_DELAY_MS} (unbatched: no "
+        "batch block), concurrency 1, torch threads 1; "
         f"closed loop, {settings['duration_s']} s per point after {settings['warmup_s']} s warm-up"
     )
-    headers = ["", "samples/s", "share of batch-32 limit", "p50 ms", "p99 ms", "mean batch", "server cpu",
+    headers = ["", "samples/s", "share of its limit", "p50 ms", "p99 ms", "mean batch", "server cpu",
                "cpu us/sample", "switches/req"]  # fmt: skip
     rows: list[list[Any]] = []
     for key in IN_PROCESS_KEYS:
@@ -269,6 +294,7 @@ def print_report(result: dict[str, Any]) -> None:
                      m["p99_ms"], m["mean_batch"], f"{m['server_cpu']:.0%}", m["server_us_per_request"],
                      m["switches_per_request"]])  # fmt: skip
     print(common.table(headers, rows))
+    print("share: batched servers and in-process rows of in-process batch 32, unbatched servers of batch 1")
     for name, ms in result["results"].items():
         first = ms[0]
         share = common.fmt(common.ratio(first["rate"], one))
@@ -292,10 +318,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="when_busy",
         help="batch.wait of the served endpoint; 'always,when_busy' measures both side by side",
     )
+    parser.add_argument(
+        "--modes",
+        default=f"batched,{UNBATCHED}",
+        help="which servers: batched (batch.max_size 32) and/or unbatched (no batch block)",
+    )
 
 
 def run_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    return run(**common.load_settings(args), device=args.device, batch_waits=tuple(args.batch_wait.split(",")))
+    return run(
+        **common.load_settings(args),
+        device=args.device,
+        batch_waits=tuple(args.batch_wait.split(",")),
+        modes=tuple(args.modes.split(",")),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
