@@ -52,6 +52,7 @@ class BatchResult:
     outcomes: list[Outcome]
     run_s: float
     oom_sizes: list[int] = field(default_factory=list)
+    lost: bool = False  # the slot itself was lost (a cluster replica died): the batch goes back to the queue
 
 
 @dataclass(slots=True, eq=False)
@@ -88,9 +89,12 @@ class _Pool:
     the threads of every other endpoint with it.
     """
 
-    def __init__(self, max_threads: int, work: Callable[[Job], None]) -> None:
+    def __init__(
+        self, max_threads: int, work: Callable[[Job], BatchResult], report: Callable[[Job, BatchResult], None]
+    ) -> None:
         self.max_threads = max_threads
         self._work = work
+        self._report = report
         self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0
@@ -115,13 +119,14 @@ class _Pool:
             job = jobs.get()
             if job is None:
                 return
-            self._work(job)
-            with self._lock:
+            result = self._work(job)
+            with self._lock:  # idle before the loop hears back: the next job reuses this thread
                 job.finished = True
                 if job.abandoned:
                     self._abandoned -= 1
                 self._idle += 1
-            del job
+            self._report(job, result)
+            del job, result
 
     def abandon(self, job: Job) -> None:
         with self._lock:
@@ -147,7 +152,7 @@ class LocalRunner:
 
     def __init__(self, max_threads: int, loop: IOLoop) -> None:
         self._loop = loop
-        self._pool = _Pool(max_threads, self._work)
+        self._pool = _Pool(max_threads, self._work, self._report)
         self.max_threads = max_threads
         self._inbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
         self._wake_pending = False
@@ -180,7 +185,7 @@ class LocalRunner:
     def resize(self, max_threads: int) -> None:
         """New jobs go to a pool of the new size; the old one finishes what it runs, then exits."""
         if max_threads != self.max_threads:
-            old, self._pool = self._pool, _Pool(max_threads, self._work)
+            old, self._pool = self._pool, _Pool(max_threads, self._work, self._report)
             self.max_threads = max_threads
             old.shutdown()
 
@@ -188,11 +193,13 @@ class LocalRunner:
         self._pool.shutdown()
         self._wake.close()
 
-    def _work(self, job: Job) -> None:
+    def _work(self, job: Job) -> BatchResult:
         try:
-            result = execute(job, lambda offset, texts: self._to_loop(job.on_partial, offset, texts))
+            return execute(job, lambda offset, texts: self._to_loop(job.on_partial, offset, texts))
         except BaseException as exc:  # noqa: BLE001 - the loop must hear back whatever happened
-            result = BatchResult([Outcome(error=exc) for _ in job.inputs], 0.0)
+            return BatchResult([Outcome(error=exc) for _ in job.inputs], 0.0)
+
+    def _report(self, job: Job, result: BatchResult) -> None:
         self._to_loop(job.on_done, result)
 
 
