@@ -210,16 +210,23 @@ async def test_reloading_the_config_many_times_keeps_no_memory(tmp_path):
             for _ in range(count):
                 await reload_once()
 
-        await reload_times(20)
-        gc.collect()
-        tracemalloc.start()
-        try:
+        async def grown_over_100_reloads() -> tuple[int, str]:
+            gc.collect()
             before = tracemalloc.take_snapshot()
             await reload_times(100)
             gc.collect()
-            after = tracemalloc.take_snapshot()
+            stats = tracemalloc.take_snapshot().compare_to(before, "lineno")
+            return sum(stat.size_diff for stat in stats), "\n".join(str(stat) for stat in stats[:5])
+
+        await reload_times(20)
+        tracemalloc.start()
+        try:
+            # Two windows: a leak grows in both. A one-off growth of the process's own tables (the
+            # interned-strings dict doubles once enough strings exist, 3.7 MB at once when the
+            # whole suite was collected) lands in at most one of them.
+            windows = [await grown_over_100_reloads() for _ in range(2)]
         finally:
             tracemalloc.stop()
-        grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
-        assert d.daemon.generation >= 100
-        assert grown < 512 * 1024, f"{grown / 1024:.0f} KB more after 100 reloads"
+        assert d.daemon.generation >= 200
+        grown, top = min(windows)
+        assert grown < 512 * 1024, f"{grown / 1024:.0f} KB more after 100 reloads, in both windows; top:\n{top}"
