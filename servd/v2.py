@@ -137,7 +137,8 @@ def _read_parameters(value: Any, request: InferRequest) -> None:
         raise V2Error("parameters.binary_data_output must be true or false")
     request.priority, request.binary_output = priority, binary
     request.timeout_s = timeout / 1e6 if timeout else None
-    request.parameters = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
+    if parameters:
+        request.parameters = {k: v for k, v in parameters.items() if k not in RESERVED_PARAMETERS}
 
 
 def _inputs(items: Any, binary: memoryview) -> tensors.Arrays:
