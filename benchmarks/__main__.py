@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks import common
 
-BENCHMARKS = ("echo", "mlp", "v2", "reload", "soak", "idle", "scheduling", "console_cost")
+BENCHMARKS = ("echo", "mlp", "v2", "reload", "soak", "idle", "scheduling", "console_cost", "ray_dispatch")
 
 
 def available() -> list[str]:

@@ -40,7 +40,7 @@ def load_checked(path: str | os.PathLike[str], *, fresh_imports: bool = False) -
         raise SpecError(_sorted(exc.problems + _code_problems_despite(path, exc.problems, fresh_imports))) from None
     resolved: dict[str, Entrypoint] = {}
     placed: dict[str, tuple[str, ...]] = {}
-    problems = []
+    problems = _cluster_problems(spec)
     for name, ep in spec.endpoints.items():
         try:
             resolved[name] = entrypoints.resolve(ep.entrypoint, spec.path.parent, fresh=fresh_imports)
@@ -57,6 +57,51 @@ def load_checked(path: str | os.PathLike[str], *, fresh_imports: bool = False) -
     if problems:
         raise SpecError(problems)
     return Checked(spec, MappingProxyType(resolved), MappingProxyType(placed))
+
+
+def _cluster_problems(spec: Spec) -> list[Problem]:
+    """cluster.engine: ray needs Ray installed (an optional extra); the message names it."""
+    if not spec.cluster.on_ray:
+        return []
+    from servd.ray_runner import RayMissing, require_ray
+
+    try:
+        require_ray(spec.cluster)
+    except RayMissing as exc:
+        return [spec.problem("cluster.engine", str(exc))]
+    return []
+
+
+def cluster_warnings(spec: Spec) -> list[str]:
+    """What `servd check` can say of a cluster without joining one: on a private Ray instance (no
+    `cluster.address`) the only node is this machine, so replicas asking for more than it has would
+    never start. A remote cluster's nodes are compared when the daemon starts the replicas (logged
+    as `resources unsatisfiable`): a check must not need the cluster up."""
+    if not spec.cluster.on_ray or spec.cluster.address is not None:
+        return []
+    from servd.ray_runner import unsatisfiable
+
+    machine = {"CPU": float(os.cpu_count() or 1), "GPU": float(_gpu_count()), "memory": float(_memory_bytes())}
+    warnings = []
+    for name, endpoint in spec.endpoints.items():
+        warning = unsatisfiable(endpoint, [machine])
+        if warning is not None:
+            where = spec.where(f"endpoints.{name}.resources")
+            where_text = f"{where.file}:{where.line}:{where.col}"
+            warnings.append(f"{where_text}: warning: {warning} (a private Ray instance: its node is this machine)")
+    return warnings
+
+
+def _gpu_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def _code_problems_despite(path: str | os.PathLike[str], found: list[Problem], fresh: bool) -> list[Problem]:

@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check(file: str) -> int:
-    from servd.check import load_checked
+    from servd.check import cluster_warnings, load_checked
     from servd.schema import SpecError
 
     try:
@@ -104,6 +104,8 @@ def _check(file: str) -> int:
     except SpecError as exc:
         _print_problems(exc)
         return 1
+    for warning in cluster_warnings(spec):
+        print(warning, file=sys.stderr)
     print(f"servd: {file}: ok ({len(spec.endpoints)} endpoints: {', '.join(spec.endpoints)})")
     return 0
 

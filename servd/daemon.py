@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import itertools
+import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
@@ -25,6 +27,7 @@ from servd.errors import ErrorCode, ServdError
 from servd.metrics import Metrics
 from servd.reloading import Front, Reloading, digest
 from servd.request import Request
+from servd.snapshot import replica_counts
 from servd.spec import EndpointSpec, ServerSpec, Spec
 from servd.watch import ConfigWatcher
 from servd.workers import LocalRunner, Runner
@@ -49,13 +52,13 @@ class Daemon(Reloading):
         logs.configure(spec.server.log, log_stream)
         self.log = logs.get_logger()
         self.metrics = Metrics()
-        self.runner: Runner = runner or LocalRunner(spec.server.max_threads, self.loop)
+        self.runner: Runner = runner or self._make_runner(spec)
         self.tokens = auth.read_tokens(spec.server.tokens_file)
         self.endpoints: dict[str, Endpoint] = {}
         self.retiring: list[Endpoint] = []  # removed by a reload, finishing what they admitted
         self.connections: set[Any] = set()  # open websockets; the front closes them at shutdown
         self.front: Front | None = None
-        self.ready = False
+        self._ready = False
         self.shutting_down = False
         self.generation = 1
         self.started_at = time.time()
@@ -75,6 +78,49 @@ class Daemon(Reloading):
         for endpoint_spec in spec.endpoints.values():
             self._add_endpoint(endpoint_spec)
 
+    def _make_runner(self, spec: Spec) -> Runner:
+        """The thread pool, or with `cluster.engine: ray` the Ray runner (Ray imported only then)."""
+        if not spec.cluster.on_ray:
+            return LocalRunner(spec.server.max_threads, self.loop)
+        from servd.ray_runner import RayRunner
+
+        runner = RayRunner(spec.cluster, self.loop, lambda: self.log)
+        runner.wake = self._replica_changed
+        return runner
+
+    def _replica_changed(self, replica: Any) -> None:
+        endpoint = self.endpoints.get(replica.endpoint)
+        if endpoint is not None:
+            endpoint.slots_changed()
+
+    @property
+    def ready(self) -> bool:
+        """Started, and on a cluster every endpoint has a live replica (what /readyz answers)."""
+        if not self._ready:
+            return False
+        return not self.spec.cluster.on_ray or all(e.instances.live() for e in self.endpoints.values())
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self._ready = value
+
+    async def _connect_cluster(self) -> None:
+        """Join the Ray cluster (off the loop: it takes seconds)."""
+        from servd.ray_runner import RayRunner
+
+        runner = self.runner
+        if not isinstance(runner, RayRunner):
+            return
+        python_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        search = [str(self.spec.path.parent), os.getcwd(), *python_path]  # where replicas import entrypoints from
+        started = time.perf_counter()
+        await self.loop.run_in_executor(None, runner.connect, search)
+        self.log.info(
+            "cluster joined",
+            address=self.spec.cluster.address or "private",
+            took_s=round(time.perf_counter() - started, 3),
+        )
+
     def _overridden(self, spec: Spec) -> Spec:
         if not self.server_overrides:
             return spec
@@ -90,6 +136,7 @@ class Daemon(Reloading):
         checked, self._checked = self._checked, None
         assert checked is not None, "start() runs once"
         try:
+            await self._connect_cluster()
             for endpoint in self.endpoints.values():
                 entry, placed = checked.entrypoints[endpoint.name], checked.devices[endpoint.name]
                 endpoint.serve_models(await self.load_models(endpoint.spec, entry, placed))
@@ -107,7 +154,15 @@ class Daemon(Reloading):
         systemd.ready(self.status_line())
 
     async def load_models(self, spec: EndpointSpec, entry: Entrypoint, placed: tuple[str, ...]) -> list[Model]:
-        """One model per device, built on a worker thread: constructors may load weights for minutes."""
+        """One model per device, built on a worker thread: constructors may load weights for minutes.
+        On a cluster: the endpoint's replicas (those already running with the same make kept)."""
+        from_cluster = getattr(self.runner, "replicas_for", None)
+        if from_cluster is not None:
+            endpoint = self.endpoints.get(spec.name)
+            running = [i.model for i in endpoint.instances.current] if endpoint is not None else []
+            replicas: list[Model] = await from_cluster(spec, entry, running)
+            self.log.info("replicas ready", endpoint=spec.name, replicas=len(replicas))
+            return replicas
         models = []
         for device in placed:
             started = time.perf_counter()
@@ -135,6 +190,11 @@ class Daemon(Reloading):
 
         metrics = self.metrics.for_endpoint(spec.name, queued, running, batch, stuck)
         endpoint = Endpoint(spec, self.runner, metrics, self.log, self.loop)
+        if self.spec.cluster.on_ray:
+            for state in ("wanted", "live", "pending", "dead"):
+                self.metrics.replicas.labels(spec.name, state).set_function(
+                    functools.partial(_replicas, endpoint, state)
+                )
         self.endpoints[spec.name] = endpoint
         return endpoint
 
@@ -238,11 +298,21 @@ class Daemon(Reloading):
             "torch_threads_in_use": self.torch_threads,  # what server.torch_threads (or auto) resolved to
             "endpoints": sorted(self.endpoints),
             "server": server,
+            "cluster": {
+                "engine": self.spec.cluster.engine,
+                "address": self.spec.cluster.address,
+                "namespace": self.spec.cluster.namespace,
+            },
         }
 
     def status_line(self) -> str:
         queued = sum(len(e.queue) for e in self.endpoints.values())
         return f"generation {self.generation}, {len(self.endpoints)} endpoints, {queued} queued"
+
+
+def _replicas(endpoint: Endpoint, state: str) -> float:
+    counts = replica_counts(endpoint)
+    return counts[state] if counts is not None else 0.0
 
 
 def _str_or_none(value: Any) -> str | None:

@@ -266,6 +266,8 @@ class Endpoint:
                 request.sink.send(request, protocol.partial(request.id, text))
 
     def _on_done(self, batch: Batch, result: BatchResult) -> None:
+        if result.lost:
+            return self.requeue(batch, result)
         self._batches.discard(batch)
         size = batch.size
         if not any(isinstance(o.error, CancelledBeforeStart) for o in result.outcomes):
@@ -304,6 +306,36 @@ class Endpoint:
             return f"servd could not encode the result of {self.spec.entrypoint} as JSON: {text}"
         log_safely(self.log.error, "entrypoint raised", endpoint=self.name, id=request.id, exc_info=exc)
         return f"{self.spec.entrypoint} raised {type(exc).__name__}: {clip(text)}"
+
+    def requeue(self, batch: Batch, result: BatchResult) -> None:
+        """The replica running `batch` was lost (its process or node died; ray_runner.py): its
+        requests go back to the head of the queue, in order, to run on another replica. Once: a
+        request lost a second time, or one that already streamed partials (it must not run
+        twice), ends with `unavailable`."""
+        self._batches.discard(batch)
+        self.instances.call_ended(batch.instance)
+        back: list[Request] = []
+        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
+            if request.state is State.DONE:
+                continue
+            streamed = getattr(outcome.error, "streamed", False)
+            if request.reruns or streamed:
+                why = "after sending partials" if streamed else "a second time"
+                self.finish(request, Failed(ErrorCode.UNAVAILABLE, f"the replica running it was lost {why}"))
+                continue
+            request.reruns += 1
+            request.state = State.QUEUED
+            back.append(request)
+        self.queue.push_front(back)
+        reason = result.outcomes[0].error if result.outcomes else None
+        self.log.warning("batch requeued", endpoint=self.name, requeued=len(back), reason=str(reason))
+        self._schedule_broadcast()
+        self._pump()
+
+    def slots_changed(self) -> None:
+        """A replica became reachable or was lost (ray_runner.py): dispatch and ETAs follow."""
+        self._schedule_broadcast()
+        self._pump()
 
     def _lower_batch_size(self, failed_size: int) -> None:
         lowered = batching.lowered_batch_size(self.working_batch_size, failed_size)

@@ -61,6 +61,7 @@ class Model:
     close: Callable[[], Any] | None = field(default=None)
     uses_torch: bool = False
     code_mtime: float = 0.0
+    reachable: bool = True  # False while a cluster replica is starting, lost or restarting (ray_runner.py)
 
 
 _imported_mtime: dict[str, float] = {}

@@ -2,7 +2,8 @@
 
 Loop thread only. A reload that changes the model serves new batches from a new generation
 while the old one's running calls finish; each retired instance is closed (its `close()` on a
-worker thread) once it has nothing running.
+worker thread) once it has nothing running. On a cluster (ray_runner.py) an instance is a
+replica, and only a reachable one takes batches: a lost or restarting replica has no slots.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Instances:
         self.current: list[Instance] = []
 
     def live(self) -> int:
-        return sum(1 for i in self.current if not i.retired)
+        return sum(1 for i in self.current if not i.retired and i.model.reachable)
 
     def devices(self) -> list[str]:
         return [i.model.device for i in self.current if not i.retired]
@@ -45,6 +46,7 @@ class Instances:
         for instance in self.current:
             if (
                 not instance.retired
+                and instance.model.reachable
                 and instance.running < concurrency
                 and (best is None or instance.running < best.running)
             ):
@@ -52,10 +54,14 @@ class Instances:
         return best
 
     def serve(self, models: list[Model]) -> None:
-        """A new generation: later batches go to `models`; idle old instances close now, busy ones later."""
+        """A new generation: later batches go to `models`; idle old instances close now, busy ones later.
+
+        A model served already (a cluster replica kept when only the count of replicas changed)
+        keeps its instance, with the calls it runs."""
         old = self.current
-        self.current = [Instance(model) for model in models]
-        for instance in old:
+        kept = {id(i.model): i for i in old}
+        self.current = [kept.pop(id(model)) if id(model) in kept else Instance(model) for model in models]
+        for instance in kept.values():
             instance.retired = True
             if instance.running == 0:
                 self.close(instance)

@@ -69,6 +69,7 @@ METRICS = (
     MetricDef("admitted", "servd_admitted", Counter, (*EP, "priority"), "Admitted requests by priority level (1 = highest)."),
     MetricDef("priority_queue_seconds", "servd_priority_queue_seconds", Histogram, (*EP, "priority"), "Time from admission to start, of completed requests, by priority level.", WAIT_BUCKETS),
     MetricDef("eta_error", "servd_eta_error_seconds", Histogram, EP, "How far off the ETA given at admission was: |actual - predicted| time to completion, of completed requests.", WAIT_BUCKETS),
+    MetricDef("replicas", "servd_replicas", Gauge, (*EP, "state"), "With cluster.engine: ray, the endpoint's replicas: wanted, live, pending (starting or restarting) and dead."),
     MetricDef("reloads", "servd_reloads", Counter, ("result",), "Config reloads by result (applied, invalid, failed)."),
     MetricDef("generation", "servd_config_generation", Gauge, (), "Generation of the config being served (1 at start, +1 per applied reload)."),
     MetricDef("connections", "servd_connections", Gauge, (), "Open websocket connections."),
@@ -95,6 +96,7 @@ class Metrics:
     running: Gauge
     stuck: Gauge
     working_batch_size: Gauge
+    replicas: Gauge
     reloads: Counter
     generation: Gauge
     connections: Gauge

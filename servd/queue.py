@@ -31,6 +31,7 @@ class Level(Protocol):
     def __iter__(self) -> Iterator[Request]: ...
     def push(self, request: Request) -> None: ...
     def pop(self) -> Request: ...
+    def push_front(self, request: Request) -> None: ...
     def remove(self, request: Request) -> bool: ...
     def rank_if_pushed(self, client: str) -> int: ...
     def oldest_admitted_at(self) -> float: ...
@@ -53,6 +54,9 @@ class FifoLevel:
 
     def pop(self) -> Request:
         return self._waiting.popleft()
+
+    def push_front(self, request: Request) -> None:
+        self._waiting.appendleft(request)
 
     def remove(self, request: Request) -> bool:
         try:
@@ -97,6 +101,13 @@ class FairLevel:
         if waiting is None:
             waiting = self._clients[request.client] = deque()
         waiting.append(request)
+        self._count += 1
+
+    def push_front(self, request: Request) -> None:
+        """Back to the head of its client's line, that client first in the round."""
+        waiting = self._clients.pop(request.client, None) or deque()
+        waiting.appendleft(request)
+        self._clients = {request.client: waiting, **self._clients}
         self._count += 1
 
     def pop(self) -> Request:
@@ -190,6 +201,14 @@ class RequestQueue:
         self._count += 1
         self._per_client[request.client] = self._per_client.get(request.client, 0) + 1
         return rank
+
+    def push_front(self, requests: list[Request]) -> None:
+        """Put taken requests back at the head of their levels, in the order given (a lost batch
+        runs again before anything that arrived after it)."""
+        for request in reversed(requests):
+            self._levels[request.priority - 1].push_front(request)
+            self._count += 1
+            self._per_client[request.client] = self._per_client.get(request.client, 0) + 1
 
     def pushes_back_others(self, priority: int) -> bool:
         """Whether a request just pushed at `priority` may have moved others back (a higher level,

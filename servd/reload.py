@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Set
 from dataclasses import dataclass
 
-from servd.spec import EndpointSpec, ServerSpec, Spec
+from servd.spec import ClusterSpec, EndpointSpec, ServerSpec, Spec
 
 RESTART_KEYS = ("host", "port")
 
@@ -23,6 +23,7 @@ class Plan:
     remodeled: tuple[EndpointSpec, ...] = ()  # entrypoint/options/device or its code: new model beside the old
     server_changed: tuple[str, ...] = ()  # server keys applied live
     needs_restart: tuple[str, ...] = ()  # server keys that only a restart applies
+    cluster_changed: tuple[str, ...] = ()  # cluster keys: all of them need a restart (the driver's connection)
 
     @property
     def empty(self) -> bool:
@@ -37,8 +38,12 @@ class Plan:
             "retuned": [e.name for e in self.retuned],
             "remodeled": [e.name for e in self.remodeled],
             "server": [f"server.{key}" for key in self.server_changed],
-            "needs_restart": [f"server.{key}" for key in self.needs_restart],
+            "needs_restart": self.restart_keys(),
         }
+
+    def restart_keys(self) -> list[str]:
+        """What only a restart applies, as written in the file (`server.port`, `cluster.engine`)."""
+        return [f"server.{key}" for key in self.needs_restart] + [f"cluster.{key}" for key in self.cluster_changed]
 
 
 def plan(old: Spec, new: Spec, stale_entrypoints: Set[str] = frozenset()) -> Plan:
@@ -50,6 +55,8 @@ def plan(old: Spec, new: Spec, stale_entrypoints: Set[str] = frozenset()) -> Pla
             added.append(spec)
         elif before.model_key != spec.model_key or spec.entrypoint in stale_entrypoints:
             remodeled.append(spec)
+        elif new.cluster.on_ray and before.concurrency != spec.concurrency:
+            remodeled.append(spec)  # a Ray actor's threads are fixed when it starts: new replicas, then swap
         elif before != spec:
             retuned.append(spec)
     removed = tuple(name for name in old.endpoints if name not in new.endpoints)
@@ -61,6 +68,11 @@ def plan(old: Spec, new: Spec, stale_entrypoints: Set[str] = frozenset()) -> Pla
         remodeled=tuple(remodeled),
         server_changed=tuple(k for k in changed if k not in RESTART_KEYS),
         needs_restart=tuple(k for k in changed if k in RESTART_KEYS),
+        cluster_changed=tuple(
+            f.name
+            for f in dataclasses.fields(ClusterSpec)
+            if getattr(old.cluster, f.name) != getattr(new.cluster, f.name)
+        ),
     )
 
 

@@ -172,9 +172,12 @@ class Reloading:
         return loaded
 
     async def _close_models(self, loaded: dict[str, list[Model]]) -> None:
+        """Release models loaded for a reload that won't switch to them; never one served now (a
+        cluster replica a reload kept because only the count of replicas changed)."""
+        served = {id(i.model) for e in self.endpoints.values() for i in e.instances.current}
         for models in loaded.values():
             for model in models:
-                if model.close is not None:
+                if model.close is not None and id(model) not in served:
                     await self.loop.run_in_executor(None, model.close)
 
     def _apply(self, change: Plan, new: Spec, loaded: dict[str, list[Model]]) -> list[str]:
@@ -199,7 +202,7 @@ class Reloading:
         for what, spec, step in steps:
             if self._step(what, step, failures):
                 endpoints[spec.name] = spec
-        self.spec = dataclasses.replace(new, server=server, endpoints=endpoints)
+        self.spec = dataclasses.replace(new, server=server, endpoints=endpoints, cluster=self.spec.cluster)
         self.generation += 1
         self.metrics.generation.set(self.generation)
         self._step("set torch threads", functools.partial(self._apply_torch_threads, server), failures)
@@ -214,8 +217,8 @@ class Reloading:
                 f"apply server.{key}", functools.partial(applier, self, new), failures
             ):
                 applied = dataclasses.replace(applied, **{key: getattr(self.spec.server, key)})
-        self.restart_needed = [f"server.{key}" for key in change.needs_restart]
-        if self.restart_needed:
+        self.restart_needed = change.restart_keys()
+        if change.needs_restart:
             applied = dataclasses.replace(applied, host=self.spec.server.host, port=self.spec.server.port)
             self.log.warning("restart needed to apply", keys=self.restart_needed)
         return applied

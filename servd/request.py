@@ -88,6 +88,7 @@ class Request:
     state: State = State.QUEUED
     started_at: float = 0.0
     last_rank: int = -1
+    reruns: int = 0  # times it went back to the queue because the replica running it was lost
     terminal: Terminal | None = None
     owner: Owner | None = field(default=None, repr=False)  # set on admission
     timer: Any = field(default=None, repr=False)  # loop handle of the timeout

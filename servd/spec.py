@@ -20,6 +20,7 @@ from servd.schema import Located, Problem, SpecError, parse_yaml, validate, with
 
 __all__ = [
     "BatchSpec",
+    "ClusterSpec",
     "EndpointSpec",
     "Location",
     "LogSpec",
@@ -58,6 +59,20 @@ class ServerSpec:
     ping_interval_s: float = 20.0
     console: bool = True  # the web console at / (handlers/console.py)
     log: LogSpec = field(default_factory=LogSpec)
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """Where models run: servd's own process (local) or a Ray cluster's actors (ray_runner.py)."""
+
+    engine: str = "local"  # local | ray
+    address: str | None = None  # None = a private Ray instance on this machine; "auto"; host:port
+    namespace: str = "servd"
+    runtime_env: Mapping[str, Any] | None = None
+
+    @property
+    def on_ray(self) -> bool:
+        return self.engine == "ray"
 
 
 @dataclass(frozen=True)
@@ -120,11 +135,16 @@ class EndpointSpec:
     input_schema: Mapping[str, Any] | None = None
     openai: OpenAISpec | None = None
     tensors: TensorsSpec | None = None
+    replicas: int | str = 1  # engine ray: actors serving it, or "per_gpu"
+    resources: Mapping[str, float] = field(default_factory=dict)  # engine ray: what each replica reserves
 
     @property
-    def model_key(self) -> tuple[str, str, tuple[str, ...]]:
-        """What a model instance is made from; a change here means loading a new model."""
-        return (self.entrypoint, repr(sorted(self.options.items())), self.devices)
+    def model_key(self) -> tuple[str, str, tuple[str, ...], str, str]:
+        """What a model instance is made from; a change here means loading a new model. On a
+        cluster, replicas and resources too: a replica's reservation is fixed when it starts, and
+        a new count is met by starting or retiring replicas (the unchanged ones are kept)."""
+        resources = repr(sorted(self.resources.items()))
+        return (self.entrypoint, repr(sorted(self.options.items())), self.devices, str(self.replicas), resources)
 
 
 @dataclass(frozen=True)
@@ -147,6 +167,7 @@ class Spec:
     path: Path
     server: ServerSpec
     endpoints: Mapping[str, EndpointSpec]
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
     # "endpoints.x.entrypoint" -> Location; not part of equality, lines move freely.
     locations: Mapping[str, Location] = field(default_factory=dict, compare=False, repr=False)
 
@@ -177,7 +198,7 @@ def parse(path: str | os.PathLike[str]) -> Spec:
 
 
 def _cross_field_problems(data: dict[str, Any], located: Located) -> list[Problem]:
-    problems = _model_name_problems(data, located)
+    problems = _model_name_problems(data, located) + _cluster_problems(data, located)
     max_threads = data["server"]["max_threads"]
     for name, ep in data["endpoints"].items():
         devices = ep["device"] if isinstance(ep["device"], list) else [ep["device"]]
@@ -234,6 +255,33 @@ def _tensor_problems(name: str, ep: dict[str, Any], located: Located) -> list[Pr
     return problems
 
 
+def _cluster_problems(data: dict[str, Any], located: Located) -> list[Problem]:
+    """A Ray client address can't carry servd's per-batch calls; on Ray a replica is one device."""
+    cluster = data["cluster"]
+    problems: list[Problem] = []
+    address = cluster["address"]
+    if isinstance(address, str) and address.startswith("ray://"):
+        message = (
+            f"{address!r}: Ray Client (ray://) addresses are refused: every batch would cross the client's "
+            "proxy, and its connection failing ends the session. Run servd on a node of the cluster and write "
+            "the head's GCS address (host:6379) or auto"
+        )
+        problems.append(located.problem(("cluster", "address"), message))
+    if cluster["engine"] != "ray":
+        return problems
+    for name, ep in data["endpoints"].items():
+        if isinstance(ep["device"], list):
+            message = (
+                "with cluster.engine: ray each replica holds one model on one device; "
+                "write one device and set replicas (and resources.num_gpus) instead of a list"
+            )
+            problems.append(located.problem(("endpoints", name, "device"), message))
+        if ep["tensors"] is not None:
+            message = "declared tensors are not served through cluster.engine: ray yet; use engine: local"
+            problems.append(located.problem(("endpoints", name, "tensors"), message))
+    return problems
+
+
 def _model_name_problems(data: dict[str, Any], located: Located) -> list[Problem]:
     """Each OpenAI model name names one endpoint: a request's `model` must find exactly one."""
     problems: list[Problem] = []
@@ -272,6 +320,13 @@ def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
         log=log,
     )
     endpoints = {name: _endpoint(name, ep) for name, ep in data["endpoints"].items()}
+    cluster = data["cluster"]
+    cluster_spec = ClusterSpec(
+        engine=cluster["engine"],
+        address=cluster["address"],
+        namespace=cluster["namespace"],
+        runtime_env=None if cluster["runtime_env"] is None else MappingProxyType(dict(cluster["runtime_env"])),
+    )
     locations = {
         ".".join(str(p) for p in path): Location(str(file), line, col) for path, (line, col) in located.marks.items()
     }
@@ -279,6 +334,7 @@ def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
         path=Path(os.path.abspath(file)),  # not resolve(): a symlink swapped later must still be followed
         server=server_spec,
         endpoints=MappingProxyType(endpoints),
+        cluster=cluster_spec,
         locations=MappingProxyType(locations),
     )
 
@@ -300,6 +356,8 @@ def _endpoint(name: str, ep: dict[str, Any]) -> EndpointSpec:
         input_schema=MappingProxyType(ep["input_schema"]) if ep["input_schema"] is not None else None,
         openai=None if ep["openai"] is None else OpenAISpec(model=ep["openai"]["model"] or name),
         tensors=_tensors(ep["tensors"]),
+        replicas=ep["replicas"],
+        resources=MappingProxyType({k: float(v) for k, v in ep["resources"].items() if v is not None}),
     )
 
 

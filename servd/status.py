@@ -157,6 +157,9 @@ def render(base: str, status: dict[str, Any], endpoints: Sequence[dict[str, Any]
     ]
     if lowered:
         lines.append(f"batch size lowered after running out of memory: {', '.join(lowered)}")
+    replicas = [text for e in endpoints if (text := replicas_text(e))]
+    if replicas:
+        lines.append(f"replicas on the cluster: {'; '.join(replicas)}")
     closed = [e["name"] for e in endpoints if not e.get("accepting", True)]
     if closed:
         lines.append(f"not accepting requests (draining): {', '.join(closed)}")
@@ -191,6 +194,18 @@ def endpoint_row(endpoint: dict[str, Any]) -> list[str]:
         str(stats.get("completed", 0)),
         *outcome_cells(stats.get("outcomes")),
     ]
+
+
+def replicas_text(endpoint: dict[str, Any]) -> str:
+    """`name live/wanted live` plus pending and dead ones, for an endpoint on a Ray cluster."""
+    replicas = endpoint.get("replicas")
+    if not replicas:
+        return ""
+    text = f"{endpoint['name']} {replicas['live']}/{replicas['wanted']} live"
+    for state in ("pending", "dead"):
+        if replicas.get(state):
+            text += f", {replicas[state]} {state}"
+    return text
 
 
 def outcome_cells(outcomes: dict[str, int] | None) -> list[str]:

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from examples import versioned
+
+# Ray reads these when it is imported (tests/test_ray_*.py): no usage statistics; no token auth,
+# whose default for a new local cluster writes a token under $HOME that changes how every later
+# cluster starts; and loopback addresses kept as 127.0.0.1 (else Ray swaps in the host's routable one).
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+for _key, _value in RAY_ENV.items():
+    os.environ[_key] = _value
 
 
 @pytest.fixture(autouse=True)
@@ -31,3 +41,35 @@ def gates() -> Iterator[Callable[[], str]]:
     yield make
     for name in made:
         versioned.open_gate(name)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[Any]:
+    """One Ray cluster for every Ray test: a head (no custom resource) and two worker nodes,
+    `node_a` and `node_b`, each with one `slot` so replicas asking for a slot land one per node.
+    Its state lives in a private temp directory (RAY_TMPDIR too: Ray notes the last cluster there,
+    which a bare ray.init() would join), removed at the end; every node is on 127.0.0.1."""
+    from ray.cluster_utils import Cluster
+
+    root = tempfile.mkdtemp(prefix="servd-ray-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    os.makedirs(os.path.join(root, "ray"))
+    previous = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = root
+    head = {"num_cpus": 1, "node_ip_address": "127.0.0.1", "temp_dir": os.path.join(root, "ray")}
+    cluster = Cluster(initialize_head=True, head_node_args={**head, "include_dashboard": False})
+    try:
+        cluster.node_a = add_ray_node(cluster, "node_a")
+        cluster.node_b = add_ray_node(cluster, "node_b")
+        yield cluster
+    finally:
+        cluster.shutdown()
+        if previous is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = previous
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def add_ray_node(cluster: Any, name: str) -> Any:
+    """A worker node with custom resources {name: 1, slot: 1}, on 127.0.0.1."""
+    return cluster.add_node(num_cpus=2, resources={name: 1, "slot": 1}, node_ip_address="127.0.0.1")

@@ -27,7 +27,7 @@ LAYERS: list[set[str]] = [
         "yamledit", "tune_model", "tune_search", "tune_report", "tune_plot",
         "compat", "logs", "systemd", "hostcheck", "auth", "gcpolicy", "devices", "entrypoints", "watch",
         "metrics", "queue", "workers", "docs", "validation", "webguard", "admission", "openai_shapes",
-        "openapi", "tensors", "v2", "frames",
+        "openapi", "tensors", "v2", "frames", "ray_runner", "ray_replica",
     },
     {"check", "instances"},
     {"endpoint"},

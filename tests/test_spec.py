@@ -100,7 +100,8 @@ def test_omitted_endpoint_keys_take_the_schema_defaults(tmp_path):
     endpoint = parse(write(tmp_path, MINIMAL)).endpoints["plain"]
     expected = defaults(SCHEMA["$defs"]["endpoint"])
     assert set(expected) == {
-        "options", "device", "concurrency", "queue", "batch", "api_open", "input_schema", "openai", "tensors"
+        "options", "device", "concurrency", "queue", "batch", "api_open", "input_schema", "openai", "tensors",
+        "replicas", "resources",
     }  # fmt: skip
     assert dict(endpoint.options) == expected["options"]
     assert endpoint.devices == (expected["device"],)
@@ -111,6 +112,8 @@ def test_omitted_endpoint_keys_take_the_schema_defaults(tmp_path):
     assert endpoint.input_schema is expected["input_schema"] is None
     assert endpoint.openai is expected["openai"] is None
     assert endpoint.tensors is expected["tensors"] is None
+    assert endpoint.replicas == expected["replicas"] == 1
+    assert dict(endpoint.resources) == {"num_cpus": 1, "num_gpus": 0}  # memory_gb: null reserves none
 
 
 def test_an_empty_batch_block_takes_the_schema_batch_defaults(tmp_path):
