@@ -259,6 +259,9 @@ async def serve(
         for client in running.clients:
             client.close()
         await running.service.stop()
+        for client in running.clients:  # closed while this loop still runs: else each socket is
+            with suppress(Exception):  # garbage-collected later, and its ResourceWarning fails
+                await client.wait_closed(timeout=5)  # whichever test is running then
         if not running.service.front.sockets:  # never started: the front didn't take the sockets
             for sock in sockets:
                 sock.close()
