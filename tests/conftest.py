@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import shutil
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,6 +21,30 @@ from examples import versioned
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 for _key, _value in RAY_ENV.items():
     os.environ[_key] = _value
+
+
+LEFT_OPEN: list[str] = []  # ResourceWarnings of each test module, finalized at its end
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _finalize_what_the_module_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Collect garbage at the end of every test module and list what it left open (a socket, a
+    file) after the run. Left to the next automatic full collection, an unclosed socket's
+    ResourceWarning fails whichever test happens to run then: test_fuzz's allocations made it the
+    victim twice, for a socket no test of its own had opened."""
+    yield
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        gc.collect()
+    name = request.module.__name__
+    LEFT_OPEN.extend(f"{name}: {w.message}" for w in caught if issubclass(w.category, ResourceWarning))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if LEFT_OPEN:
+        terminalreporter.section("left open by a test module (finalized at its end)")
+        for line in LEFT_OPEN:
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(autouse=True)
