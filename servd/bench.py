@@ -43,6 +43,7 @@ from servd.client.errors import ConnectFailed, ServdError, error_from_body
 
 CONNECT_CHUNK = 32  # connections opened at once, to stay under the server's listen backlog
 PROGRESS_INTERVAL_S = 0.5
+CLOSE_WAIT_S = 2.0  # for the server's answer to a close frame, at the end of a level
 MAX_CLIENTS = 10_000
 
 
@@ -185,6 +186,17 @@ class WsChannel:
     def close(self) -> None:
         self.conn.close()
 
+    async def aclose(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Close, and read until the server's close (bounded): a socket still open when the loop
+        ends is left to the garbage collector, a ResourceWarning where bench runs in-process."""
+        self.conn.close()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._read_to_close(), wait_s)
+
+    async def _read_to_close(self) -> None:
+        while await self.conn.read_message() is not None:
+            pass
+
 
 class HttpChannel:
     def __init__(self, options: Options) -> None:
@@ -223,6 +235,9 @@ class HttpChannel:
         for connection in self.pool.idle:
             connection.close()
         self.pool.idle.clear()
+
+    async def aclose(self) -> None:
+        await self.pool.close()
 
 
 Channel = WsChannel | HttpChannel
@@ -285,8 +300,7 @@ async def _connect_all(options: Options, count: int) -> list[Channel]:
         channels += [c for c in opened if isinstance(c, (WsChannel, HttpChannel))]
         failure = next((e for e in opened if isinstance(e, BaseException)), None)
         if failure is not None:
-            for channel in channels:
-                channel.close()
+            await asyncio.gather(*(channel.aclose() for channel in channels))
             raise failure
     return channels
 
@@ -310,8 +324,7 @@ async def run_level(options: Options, clients: int) -> dict[str, Any]:
             if task is not None:
                 task.cancel()
         await asyncio.gather(*workers, *([reporter] if reporter else []), return_exceptions=True)
-        for channel in channels:
-            channel.close()
+        await asyncio.gather(*(channel.aclose() for channel in channels))
         if options.progress:
             sys.stderr.write("\r\033[K")
     for task in workers:

@@ -276,6 +276,17 @@ async def test_a_sweep_lists_each_clients_levels(tmp_path):
     assert all(row[-1] == "none" for row in rows)
 
 
+async def test_a_level_ends_with_its_websockets_closed_on_both_sides(tmp_path):
+    """A level returns once the server has answered each close frame, so bench run in-process (a
+    notebook, a test) leaves no open socket to the garbage collector, whose ResourceWarning would
+    surface later in unrelated code (it failed test_fuzz in CI, after test_frames ran bench)."""
+    async with serve(tmp_path, CONFIG) as d:
+        options = bench.Options(url=d.ws_url, endpoint="echo", duration_s=0.3, warmup_s=0.0, requests=50)
+        level = await bench.run_level(options, 3)
+        assert level["completed"] > 0 and level["lost"] == 0
+        assert d.daemon.connections == set(), "the server still holds the bench's websockets"
+
+
 def test_a_priority_mix_reads_as_level_weight_pairs():
     assert bench.parse_priority_mix("1:0.2,3:0.8") == ((1, 0.2), (3, 0.8))
     assert bench.parse_priority_mix("0:1, 2:4") == ((0, 1.0), (2, 4.0))
