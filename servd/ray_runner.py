@@ -98,32 +98,45 @@ def wanted_replicas(spec: EndpointSpec, cluster_gpus: float) -> int:
     return int(spec.replicas)
 
 
+@dataclass(frozen=True)
+class Reservation:
+    """What one replica of an endpoint reserves, in Ray's terms (from `resources`)."""
+
+    num_cpus: float
+    num_gpus: float
+    memory: int | None  # bytes
+    custom: dict[str, float]
+
+    @classmethod
+    def of(cls, spec: EndpointSpec) -> Reservation:
+        custom = dict(spec.resources)
+        cpus = custom.pop("num_cpus", 1.0)
+        gpus = custom.pop("num_gpus", 0.0) or (1.0 if spec.replicas == "per_gpu" else 0.0)
+        memory_gb = custom.pop("memory_gb", None)
+        return cls(cpus, gpus, int(memory_gb * 1024**3) if memory_gb else None, custom)
+
+
 def actor_options(spec: EndpointSpec) -> dict[str, Any]:
     """Ray actor options from `resources` (and `concurrency`: one more thread for ready/close)."""
-    resources = dict(spec.resources)
+    reserved = Reservation.of(spec)
     options: dict[str, Any] = {
-        "num_cpus": resources.pop("num_cpus", 1.0),
-        "num_gpus": resources.pop("num_gpus", 0.0) or (1.0 if spec.replicas == "per_gpu" else 0.0),
+        "num_cpus": reserved.num_cpus,
+        "num_gpus": reserved.num_gpus,
         "max_restarts": MAX_RESTARTS,
         "max_task_retries": 0,  # servd re-queues a lost batch itself, at the head of its queue
         "max_concurrency": spec.concurrency + 1,
     }
-    memory_gb = resources.pop("memory_gb", None)
-    if memory_gb:
-        options["memory"] = int(memory_gb * 1024**3)
-    if resources:
-        options["resources"] = resources
+    if reserved.memory:
+        options["memory"] = reserved.memory
+    if reserved.custom:
+        options["resources"] = reserved.custom
     return options
 
 
 def unsatisfiable(spec: EndpointSpec, nodes: list[Mapping[str, float]]) -> str | None:
     """A warning if no node's total resources could ever hold one replica of `spec`."""
-    need = dict(spec.resources)
-    need["CPU"] = need.pop("num_cpus", 1.0)
-    need["GPU"] = need.pop("num_gpus", 0.0) or (1.0 if spec.replicas == "per_gpu" else 0.0)
-    memory_gb = need.pop("memory_gb", None)
-    if memory_gb:
-        need["memory"] = memory_gb * 1024**3
+    reserved = Reservation.of(spec)
+    need = {"CPU": reserved.num_cpus, "GPU": reserved.num_gpus, "memory": reserved.memory or 0, **reserved.custom}
     need = {k: v for k, v in need.items() if v}
     if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
         return None
