@@ -87,7 +87,7 @@ class Replica(Model):
 
 def replica_key(spec: EndpointSpec, entry: Entrypoint) -> tuple[Any, ...]:
     """What a replica is made from: equal keys mean a running replica can be kept on reload."""
-    return (*spec.model_key[:3], repr(sorted(spec.resources.items())), spec.concurrency, entry.code_mtime)
+    return (*spec.model_key, repr(sorted(spec.resources.items())), spec.concurrency, entry.code_mtime)
 
 
 def wanted_replicas(spec: EndpointSpec, cluster_gpus: float) -> int:

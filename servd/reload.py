@@ -55,8 +55,8 @@ def plan(old: Spec, new: Spec, stale_entrypoints: Set[str] = frozenset()) -> Pla
             added.append(spec)
         elif before.model_key != spec.model_key or spec.entrypoint in stale_entrypoints:
             remodeled.append(spec)
-        elif new.cluster.on_ray and before.concurrency != spec.concurrency:
-            remodeled.append(spec)  # a Ray actor's threads are fixed when it starts: new replicas, then swap
+        elif new.cluster.on_ray and before.replica_shape != spec.replica_shape:
+            remodeled.append(spec)  # replicas started or drained (ray_runner.replicas_for keeps equal ones)
         elif before != spec:
             retuned.append(spec)
     removed = tuple(name for name in old.endpoints if name not in new.endpoints)

@@ -139,12 +139,15 @@ class EndpointSpec:
     resources: Mapping[str, float] = field(default_factory=dict)  # engine ray: what each replica reserves
 
     @property
-    def model_key(self) -> tuple[str, str, tuple[str, ...], str, str]:
-        """What a model instance is made from; a change here means loading a new model. On a
-        cluster, replicas and resources too: a replica's reservation is fixed when it starts, and
-        a new count is met by starting or retiring replicas (the unchanged ones are kept)."""
-        resources = repr(sorted(self.resources.items()))
-        return (self.entrypoint, repr(sorted(self.options.items())), self.devices, str(self.replicas), resources)
+    def model_key(self) -> tuple[str, str, tuple[str, ...]]:
+        """What a model instance is made from; a change here means loading a new model."""
+        return (self.entrypoint, repr(sorted(self.options.items())), self.devices)
+
+    @property
+    def replica_shape(self) -> tuple[int | str, str, int]:
+        """On a cluster, what its replicas are started with besides the model: how many, what each
+        reserves, its threads (fixed when a Ray actor starts). Ignored on one machine."""
+        return (self.replicas, repr(sorted(self.resources.items())), self.concurrency)
 
 
 @dataclass(frozen=True)

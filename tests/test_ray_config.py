@@ -103,6 +103,16 @@ def test_changing_concurrency_on_ray_starts_replicas_with_that_many_threads(tmp_
     assert [e.name for e in change.retuned] == ["gpu"] and not change.remodeled
 
 
+def test_replicas_and_resources_on_one_machine_reload_no_model(tmp_path):
+    """With engine local they are ignored (the schema says so): editing them is a retune, never a
+    reload of the model."""
+    old = dataclasses.replace(parse(write(tmp_path, RAY)), cluster=ClusterSpec())
+    endpoint = old.endpoints["gpu"]
+    for changed in (dataclasses.replace(endpoint, replicas=3), dataclasses.replace(endpoint, resources={"x": 1.0})):
+        change = plan(old, dataclasses.replace(old, endpoints={"gpu": changed}))
+        assert not change.remodeled and [e.name for e in change.retuned] == ["gpu"]
+
+
 def test_ray_engine_without_ray_installed_names_the_extra(tmp_path):
     """`servd check` on a file with engine: ray, where Ray can't be imported: one problem, at
     cluster.engine, naming pip install 'servd[ray]'."""
