@@ -23,7 +23,15 @@ from servd.workers import BatchResult, Job, Outcome, execute
 
 
 class RemoteError(Exception):
-    """An entrypoint's exception that could not be sent back from the replica as itself."""
+    """An entrypoint's exception that could not be sent back from the replica as itself; a
+    subclass named like the original (what servd's error message shows), pickled by name and text."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str, str]]:
+        return _remote_error, (type(self).__name__, str(self))
+
+
+def _remote_error(name: str, text: str) -> RemoteError:
+    return type(name, (RemoteError,), {})(text)  # type: ignore[no-any-return]
 
 
 class ReplicaActor:
@@ -116,5 +124,4 @@ def _sendable(result: BatchResult) -> BatchResult:
 
 def described(exc: BaseException) -> RemoteError:
     """`exc` as a RemoteError subclass of the same name and text (what can cross processes)."""
-    error = type(type(exc).__name__, (RemoteError,), {})(str(exc))
-    return error  # type: ignore[no-any-return]
+    return _remote_error(type(exc).__name__, str(exc))

@@ -4,17 +4,21 @@ reload plan, the check without Ray, the resource rules; and that a plain install
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 
+from servd.ray_replica import RemoteError, _sendable
 from servd.ray_runner import actor_options, unsatisfiable, wanted_replicas
 from servd.reload import plan
 from servd.schema import SpecError
 from servd.spec import ClusterSpec, EndpointSpec, parse
+from servd.workers import BatchResult, Outcome
 from tests.procs import REPO, env
 
 
@@ -189,6 +193,21 @@ def test_per_gpu_means_one_replica_per_gpu_of_the_cluster():
     assert wanted_replicas(spec_with(replicas="per_gpu"), 8.0) == 8
     assert wanted_replicas(spec_with(replicas="per_gpu", resources={"num_gpus": 2}), 8.0) == 4
     assert wanted_replicas(spec_with(replicas=3), 8.0) == 3
+
+
+def test_an_error_that_cannot_be_pickled_crosses_from_the_replica_by_name_and_text():
+    """What a replica sends back must pickle: an entrypoint's unpicklable exception goes as a
+    RemoteError named like it, so the client still reads `raised ValueError: ...`."""
+
+    class Unpicklable(ValueError):
+        def __init__(self, text: str) -> None:
+            super().__init__(text)
+            self.lock = threading.Lock()
+
+    result = _sendable(BatchResult([Outcome(error=Unpicklable("bad pixel 7"))], 0.0))
+    error = pickle.loads(pickle.dumps(result)).outcomes[0].error
+    assert isinstance(error, RemoteError)
+    assert (type(error).__name__, str(error)) == ("Unpicklable", "bad pixel 7")
 
 
 def test_resources_become_ray_actor_options():
