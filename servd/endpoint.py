@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from tornado.ioloop import IOLoop
@@ -32,6 +34,7 @@ from servd.workers import (
     BatchResult,
     CancelledBeforeStart,
     Job,
+    LocalRunner,
     NotEncodable,
     NotJSON,
     Outcome,
@@ -39,6 +42,10 @@ from servd.workers import (
 )
 
 ESTIMATION_INTERVAL_S = 0.25  # at most 4 estimation messages a second per request
+LINE_UP_BUDGET_S = 0.001  # predicted run time lined up behind each running call, at most
+LINE_UP_MAX_DEPTH = 16  # requests lined up behind one call, at most, however short calls are
+LINE_UP_OVERDUE_S = 0.005  # a call running this long takes no more requests behind it (it may hang)
+COLLECT_INTERVAL_S = 0.002  # how long a lined-up call's result may wait for the loop to fetch it
 
 
 @dataclass(slots=True, eq=False)
@@ -48,6 +55,7 @@ class Batch:
     started_at: float
     size: int = 0  # requests, or rows on a stacked tensor endpoint: what batch.max_size counts
     job: Job | None = None
+    line: deque[Batch] = field(default_factory=deque)  # this batch and those lined up with it, in order
 
     def is_wanted(self) -> bool:
         return any(r.state is not State.DONE for r in self.requests)
@@ -70,6 +78,8 @@ class Endpoint:
         self._batches: set[Batch] = set()
         self._wake: Any = None
         self._wake_at = 0.0
+        self._collect: Any = None
+        self._lines = runner if isinstance(runner, LocalRunner) else None  # a runner that lines calls up
         self._pump_pending = False
         self._broadcast: Any = None
         self._last_broadcast = 0.0
@@ -171,7 +181,7 @@ class Endpoint:
 
     def _abandon_unwanted(self) -> None:
         """Calls still running for requests that all ended are stuck: free their threads' places."""
-        for batch in self._batches:
+        for batch in self._calls():
             if batch.job is not None and not batch.job.abandoned and not batch.is_wanted():
                 self.runner.abandon(batch.job)
                 self.log.info(
@@ -181,7 +191,11 @@ class Endpoint:
 
     def stuck_count(self) -> int:
         """Calls still running whose requests all ended (a timeout or cancel outlived by the model)."""
-        return sum(1 for b in self._batches if not b.is_wanted())
+        return sum(1 for b in self._calls() if not b.is_wanted())
+
+    def _calls(self) -> Iterator[Batch]:
+        """The batches that hold a thread: running, or next on theirs; not those lined up behind."""
+        return (b for b in self._batches if b.line[0] is b)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -197,8 +211,46 @@ class Endpoint:
                 break
             self._launch(instance, self.queue.pop(count))
             dispatched = True
+        if self.queue and (depth := self._line_depth()):
+            dispatched = self._line_up(depth) or dispatched
         if dispatched:
             self._schedule_broadcast()
+
+    def _line_depth(self) -> int:
+        """How many requests may wait behind each running call: LINE_UP_BUDGET_S of calls as
+        long as the recent ones, on an unbatched endpoint of the thread pool; 0: none."""
+        expected = self.stats.batch_time_s
+        if self._lines is None or self.spec.batch is not None or expected is None:
+            return 0
+        return min(LINE_UP_MAX_DEPTH, int(LINE_UP_BUDGET_S / max(expected, 1e-6)))
+
+    def _line_up(self, depth: int) -> bool:
+        """Every slot is busy with short calls: line the next requests up behind the running ones
+        (the shortest line first), so a worker goes from one call to the next without a round
+        trip through the loop. They leave the queue in its order and are `started` from here; a
+        call running for longer than LINE_UP_OVERDUE_S (slow, or hung) takes no more."""
+        due = self.loop.time() - LINE_UP_OVERDUE_S
+        lines = [b.line for b in self._calls() if b.started_at > due and not b.instance.retired]
+        lined = False
+        while self.queue and lines:
+            line = min(lines, key=len)
+            if len(line) > depth:
+                break
+            self._launch(line[0].instance, self.queue.pop(1), line)
+            self.stats.lined_up += 1
+            lined = True
+        if lined and self._collect is None:
+            self._collect = self.loop.call_later(COLLECT_INTERVAL_S, self._collect_results)
+        return lined
+
+    def _collect_results(self) -> None:
+        """Results of lined-up calls come back without waking the loop, the last of a line
+        excepted: fetch them at least every COLLECT_INTERVAL_S, in case that one is slow."""
+        self._collect = None
+        assert self._lines is not None  # armed only where lines are formed
+        self._lines.collect()
+        if self._collect is None and any(len(b.line) > 1 for b in self._batches):
+            self._collect = self.loop.call_later(COLLECT_INTERVAL_S, self._collect_results)
 
     def _batch_count(self) -> int | None:
         if self.spec.batch is None:
@@ -236,7 +288,7 @@ class Endpoint:
         self._wake = None
         self._pump()
 
-    def _launch(self, instance: Instance, requests: list[Request]) -> None:
+    def _launch(self, instance: Instance, requests: list[Request], line: deque[Batch] | None = None) -> None:
         now = self.loop.time()
         for request in requests:
             request.state = State.RUNNING
@@ -246,6 +298,10 @@ class Endpoint:
         layout = self._layout
         size = sum(r.data.rows for r in requests) if layout is not None and layout.batched else len(requests)
         batch = Batch(requests, instance, now, size)
+        before = line[-1].job if line else None
+        if line is not None:
+            batch.line = line
+        batch.line.append(batch)
         instance.running += 1
         self._batches.add(batch)
         job = Job(
@@ -258,7 +314,10 @@ class Endpoint:
             tensors=layout,
         )
         batch.job = job
-        self.runner.run(job)
+        if before is not None and self._lines is not None:
+            self._lines.run_after(job, before)
+        else:
+            self.runner.run(job)
 
     def _on_partial(self, batch: Batch, offset: int, texts: list[str]) -> None:
         for request, text in zip(batch.requests[offset:], texts, strict=False):
@@ -269,6 +328,9 @@ class Endpoint:
         if result.lost:
             return self.requeue(batch, result)
         self._batches.discard(batch)
+        batch.line.remove(batch)
+        if batch.line and not batch.line[0].is_wanted():  # ended while lined up; now it holds the thread
+            self._abandon_unwanted()
         size = batch.size
         if not any(isinstance(o.error, CancelledBeforeStart) for o in result.outcomes):
             self.stats.record_batch(result.run_s)
@@ -313,6 +375,7 @@ class Endpoint:
         request lost a second time, or one that already streamed partials (it must not run
         twice), ends with `unavailable`."""
         self._batches.discard(batch)
+        batch.line.remove(batch)
         self.instances.call_ended(batch.instance)
         back: list[Request] = []
         for request, outcome in zip(batch.requests, result.outcomes, strict=True):
@@ -389,9 +452,14 @@ class Endpoint:
     # -- estimation ------------------------------------------------------------------------
 
     def _slot_remaining(self, now: float) -> list[float]:
-        """Seconds until each slot is free, ascending (0 for a free slot)."""
+        """Seconds until each slot is free, ascending (0 for a free slot); a slot with requests
+        lined up is free once they have run too."""
         expected = self.stats.batch_time_s or 0.0
-        busy = [max(0.0, expected - (now - b.started_at)) for b in self._batches if not b.instance.retired]
+        busy = [
+            max(0.0, expected - (now - b.started_at)) + (len(b.line) - 1) * expected
+            for b in self._calls()
+            if not b.instance.retired
+        ]
         free = max(0, self.instances.live() * self.spec.concurrency - len(busy))
         return [0.0] * free + sorted(busy)
 
@@ -472,11 +540,11 @@ class Endpoint:
 
     def calls_running(self) -> int:
         """Calls running now, on current and retired models alike (requests ended or not)."""
-        return len(self._batches)
+        return sum(1 for _ in self._calls())
 
     def running_devices(self) -> list[str]:
         """The device of each call running now: what a shutdown that can't wait for them names."""
-        return [b.instance.model.device for b in self._batches]
+        return [b.instance.model.device for b in self._calls()]
 
 
 def _validator(spec: EndpointSpec) -> InputCheck | None:

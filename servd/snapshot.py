@@ -45,6 +45,7 @@ def _live_stats(endpoint: Endpoint) -> dict[str, Any]:
         "running": endpoint.running_count(),
         "workers": endpoint.calls_running(),  # on current and retired models alike
         "stuck": endpoint.stuck_count(),
+        "lined_up": stats.lined_up,
         "workers_max": endpoint.spec.concurrency * endpoint.instances.live(),
         "batch_size": endpoint.working_batch_size,
         "eta_s": endpoint.eta_for_new(),

@@ -16,6 +16,7 @@ class Stats:
     batch_time_s: float | None = None
     completed: int = 0
     failed: int = 0  # every error outcome, cancels and timeouts included
+    lined_up: int = 0  # requests lined up behind a running call (endpoint.py), since start
     outcomes: dict[str, int] = field(default_factory=dict)  # error code word -> count
     waits: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
     runs: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))

@@ -67,6 +67,7 @@ class Job:
     finished: bool = False  # written under the pool's lock
     abandoned: bool = False
     pool: Any = None
+    then: Job | None = None  # lined up behind this one: runs next on the same thread (written under the pool's lock)
 
 
 class Runner(Protocol):
@@ -90,7 +91,10 @@ class _Pool:
     """
 
     def __init__(
-        self, max_threads: int, work: Callable[[Job], BatchResult], report: Callable[[Job, BatchResult], None]
+        self,
+        max_threads: int,
+        work: Callable[[Job], BatchResult],
+        report: Callable[[Job, BatchResult, bool], None],
     ) -> None:
         self.max_threads = max_threads
         self._work = work
@@ -112,6 +116,15 @@ class _Pool:
                 thread.start()
         self._jobs.put(job)
 
+    def line_up(self, job: Job, before: Job) -> bool:
+        """Run `job` on `before`'s thread right after it; False if `before` has already finished."""
+        with self._lock:
+            if before.finished:
+                return False
+            job.pool = self
+            before.then = job
+            return True
+
     def _run(self) -> None:
         _yield_on_wakeup()
         jobs = self._jobs
@@ -119,14 +132,18 @@ class _Pool:
             job = jobs.get()
             if job is None:
                 return
-            result = self._work(job)
-            with self._lock:  # idle before the loop hears back: the next job reuses this thread
-                job.finished = True
-                if job.abandoned:
-                    self._abandoned -= 1
-                self._idle += 1
-            self._report(job, result)
-            del job, result
+            while job is not None:
+                result = self._work(job)
+                with self._lock:  # idle before the loop hears back: the next job reuses this thread
+                    job.finished = True
+                    if job.abandoned:
+                        self._abandoned -= 1
+                    then = job.then
+                    if then is None:
+                        self._idle += 1
+                self._report(job, result, then is None)
+                job = then
+            del job, result, then
 
     def abandon(self, job: Job) -> None:
         with self._lock:
@@ -158,12 +175,17 @@ class LocalRunner:
         self._wake_pending = False
         self._wake = _LoopWake(loop, self._drain)
 
-    def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
+    def _to_loop(self, fn: Callable[..., None], *args: Any, wake: bool = True) -> None:
         """Worker thread: queue a call for the loop; one wake-up per burst, order kept."""
         self._inbox.append((fn, args))
-        if not self._wake_pending:
+        if wake and not self._wake_pending:
             self._wake_pending = True
             self._wake.wake()
+
+    def collect(self) -> None:
+        """Loop thread: take what workers reported without waking it (lined-up calls' results)."""
+        if self._inbox:
+            self._drain()
 
     def _drain(self) -> None:
         self._wake_pending = False
@@ -178,6 +200,13 @@ class LocalRunner:
     def run(self, job: Job) -> None:
         self._wake.open()
         self._pool.submit(job)
+
+    def run_after(self, job: Job, before: Job) -> None:
+        """Run `job` once `before` has returned, on the same thread, without a round trip through
+        the loop; the result of `before` then waits for the loop's next wake-up or `collect`."""
+        pool = before.pool
+        if pool is None or not pool.line_up(job, before):
+            self._pool.submit(job)
 
     def abandon(self, job: Job) -> None:
         job.pool.abandon(job)
@@ -199,8 +228,8 @@ class LocalRunner:
         except BaseException as exc:  # noqa: BLE001 - the loop must hear back whatever happened
             return BatchResult([Outcome(error=exc) for _ in job.inputs], 0.0)
 
-    def _report(self, job: Job, result: BatchResult) -> None:
-        self._to_loop(job.on_done, result)
+    def _report(self, job: Job, result: BatchResult, wake: bool) -> None:
+        self._to_loop(job.on_done, result, wake=wake)
 
 
 class _LoopWake:

@@ -42,6 +42,37 @@ class Gate:
 
 GATE = Gate()  # tests.test_handoff:GATE
 
+
+class Line:
+    """Records the inputs it ran and the most calls it ran at once; "gate" blocks until opened."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.lock = threading.Lock()
+        self.inside = self.most_inside = 0
+        self.seen: list[Any] = []
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def __call__(self, data: Any) -> Any:
+        with self.lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.seen.append(data)
+        try:
+            if data == "gate":
+                self.entered.set()
+                self.opened.wait(WAIT_S)
+            return data
+        finally:
+            with self.lock:
+                self.inside -= 1
+
+
+LINE_1, LINE_2 = Line(), Line()  # tests.test_handoff:LINE_1 (concurrency 1), LINE_2 (concurrency 2)
+
 CONFIG = """
 version: 1
 server: {drain_timeout_s: 0.2}
@@ -52,6 +83,12 @@ endpoints:
   gate:
     entrypoint: tests.test_handoff:GATE
     concurrency: 1
+  line1:
+    entrypoint: tests.test_handoff:LINE_1
+    concurrency: 1
+  line2:
+    entrypoint: tests.test_handoff:LINE_2
+    concurrency: 2
 """
 
 
@@ -127,3 +164,80 @@ async def test_a_call_that_outlives_its_daemon_finishes_without_touching_another
                 b.close()
     finally:
         GATE.opened.set()
+
+
+async def _stats(d: Any, name: str) -> dict[str, Any]:
+    listed = (await d.http("GET", "/v1/endpoints")).json()["endpoints"]
+    return next(e for e in listed if e["name"] == name)["stats"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "line", "concurrency"),
+    [("line1", LINE_1, 1), ("line2", LINE_2, 2)],
+    ids=["concurrency 1", "concurrency 2"],
+)
+async def test_short_calls_line_up_behind_the_running_ones_without_ever_running_more_at_once(
+    tmp_path: Any, endpoint: str, line: Line, concurrency: int
+) -> None:
+    """Many clients, each with many requests in flight, on an endpoint whose calls take
+    microseconds: requests line up behind the running calls (stats.lined_up counts them), yet no
+    more than `concurrency` calls ever run at once, each request ends once with its own result,
+    and at concurrency 1 each client's requests complete in the order they were sent."""
+    line.reset()
+    clients, each = 16, 40
+    async with serve(tmp_path, CONFIG) as d:
+        await d.post(endpoint, "warm")  # the first call's time is what lets calls line up
+
+        async def one_client(c: int) -> list[dict[str, Any]]:
+            ws = await d.ws()
+            for i in range(each):
+                await ws.submit(i, endpoint, [c, i])
+            ends = [await ws.terminal(i) for i in range(each)]
+            if concurrency == 1:
+                order = [m["id"] for m in ws.terminals()]
+                assert order == list(range(each)), f"client {c} completed out of order: {order}"
+            ws.close()
+            return ends
+
+        results = await asyncio.wait_for(asyncio.gather(*(one_client(c) for c in range(clients))), WAIT_S * 3)
+        for c, ends in enumerate(results):
+            assert [(t["type"], t["data"]) for t in ends] == [("completed", [c, i]) for i in range(each)]
+        stats = await _stats(d, endpoint)
+        assert stats["completed"] == clients * each + 1, stats
+        assert stats["lined_up"] > 0, stats
+        assert stats["workers"] == 0 and stats["running"] == 0, stats
+    assert line.most_inside <= concurrency, f"{line.most_inside} calls ran at once on concurrency {concurrency}"
+    assert len(line.seen) == clients * each + 1
+
+
+async def test_a_lined_up_request_can_be_cancelled_or_time_out_and_never_reaches_the_model(tmp_path: Any) -> None:
+    """Requests that arrive while the only slot runs a short call are lined up behind it: each is
+    `started` (it runs next on that thread, without waiting for the loop). One cancelled, or one
+    whose deadline passes, while the call before them still runs ends once with its error, and the
+    model never sees it; the others complete in order once that call returns."""
+    LINE_1.reset()
+    async with serve(tmp_path, CONFIG) as d:
+        for i in range(5):
+            await d.post("line1", i)  # short calls: what the line's depth is judged by
+        ws = await d.ws()
+        await ws.submit("gate", "line1", "gate", progress=True)
+        for name in "abc":
+            await ws.submit(name, "line1", name, progress=True)
+        await ws.submit("d", "line1", "d", progress=True, deadline_s=0.3)
+        for name in "abcd":
+            await ws.wait_for(lambda m, name=name: m.get("id") == name and m["type"] == "started")
+        assert await asyncio.to_thread(LINE_1.entered.wait, WAIT_S)
+        await ws.send({"type": "cancel", "id": "b"})
+        cancelled = await ws.terminal("b")
+        assert cancelled["type"] == "error" and cancelled["error"]["code"] == "cancelled", cancelled
+        late = await ws.terminal("d")
+        assert late["type"] == "error" and late["error"]["code"] == "timeout", late
+        stats = await _stats(d, "line1")
+        assert stats["workers"] == 1 and stats["lined_up"] >= 4, stats  # one call holds the thread
+        LINE_1.opened.set()
+        for name in ("gate", "a", "c"):
+            assert (await ws.terminal(name))["data"] == name
+        for name in ("gate", "a", "b", "c", "d"):
+            assert len([m for m in ws.of(name) if m in ws.terminals()]) == 1, ws.of(name)
+        assert [m["id"] for m in ws.terminals()] == ["b", "d", "gate", "a", "c"]
+    assert LINE_1.seen == [0, 1, 2, 3, 4, "gate", "a", "c"], LINE_1.seen  # c ran after where b and d stood
