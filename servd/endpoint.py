@@ -80,6 +80,7 @@ class Endpoint:
         self._wake_at = 0.0
         self._collect: Any = None
         self._lines = runner if isinstance(runner, LocalRunner) else None  # a runner that lines calls up
+        self._lines_open: dict[int, deque[Batch]] = {}  # by id: each running call and those behind it
         self._pump_pending = False
         self._broadcast: Any = None
         self._last_broadcast = 0.0
@@ -195,7 +196,7 @@ class Endpoint:
 
     def _calls(self) -> Iterator[Batch]:
         """The batches that hold a thread: running, or next on theirs; not those lined up behind."""
-        return (b for b in self._batches if b.line[0] is b)
+        return (line[0] for line in self._lines_open.values())
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -230,7 +231,9 @@ class Endpoint:
         trip through the loop. They leave the queue in its order and are `started` from here; a
         call running for longer than LINE_UP_OVERDUE_S (slow, or hung) takes no more."""
         due = self.loop.time() - LINE_UP_OVERDUE_S
-        lines = [b.line for b in self._calls() if b.started_at > due and not b.instance.retired]
+        lines = [
+            line for line in self._lines_open.values() if line[0].started_at > due and not line[0].instance.retired
+        ]
         lined = False
         while self.queue and lines:
             line = min(lines, key=len)
@@ -249,7 +252,7 @@ class Endpoint:
         self._collect = None
         assert self._lines is not None  # armed only where lines are formed
         self._lines.collect()
-        if self._collect is None and any(len(b.line) > 1 for b in self._batches):
+        if self._collect is None and any(len(line) > 1 for line in self._lines_open.values()):
             self._collect = self.loop.call_later(COLLECT_INTERVAL_S, self._collect_results)
 
     def _batch_count(self) -> int | None:
@@ -301,6 +304,8 @@ class Endpoint:
         before = line[-1].job if line else None
         if line is not None:
             batch.line = line
+        else:
+            self._lines_open[id(batch.line)] = batch.line
         batch.line.append(batch)
         instance.running += 1
         self._batches.add(batch)
@@ -319,6 +324,15 @@ class Endpoint:
         else:
             self.runner.run(job)
 
+    def _leave_line(self, batch: Batch) -> None:
+        """`batch` returned: the next of its line (if any) now holds the thread."""
+        line = batch.line
+        line.remove(batch)
+        if not line:
+            del self._lines_open[id(line)]
+        elif not line[0].is_wanted():  # ended while lined up, and its call may be running now
+            self._abandon_unwanted()
+
     def _on_partial(self, batch: Batch, offset: int, texts: list[str]) -> None:
         for request, text in zip(batch.requests[offset:], texts, strict=False):
             if request.progress and request.state is State.RUNNING:
@@ -328,9 +342,7 @@ class Endpoint:
         if result.lost:
             return self.requeue(batch, result)
         self._batches.discard(batch)
-        batch.line.remove(batch)
-        if batch.line and not batch.line[0].is_wanted():  # ended while lined up; now it holds the thread
-            self._abandon_unwanted()
+        self._leave_line(batch)
         size = batch.size
         if not any(isinstance(o.error, CancelledBeforeStart) for o in result.outcomes):
             self.stats.record_batch(result.run_s)
@@ -375,7 +387,7 @@ class Endpoint:
         request lost a second time, or one that already streamed partials (it must not run
         twice), ends with `unavailable`."""
         self._batches.discard(batch)
-        batch.line.remove(batch)
+        self._leave_line(batch)
         self.instances.call_ended(batch.instance)
         back: list[Request] = []
         for request, outcome in zip(batch.requests, result.outcomes, strict=True):

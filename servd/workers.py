@@ -163,8 +163,10 @@ class LocalRunner:
     each hand-over is a wake-up (a system call) and, when both share a core, a context switch.
     So a job goes to the pool the moment it starts, results that finish close together come
     back with one wake-up of the loop, and that wake-up is an eventfd (`_LoopWake`), cheaper
-    than asyncio's self-pipe. The pool's threads are daemon threads: a call still running after
-    the drain deadline must not keep the process from exiting.
+    than asyncio's self-pipe. A short job can be lined up behind a running one (`run_after`):
+    the thread runs it next, and only the last of the line wakes the loop. The pool's threads
+    are daemon threads: a call still running after the drain deadline must not keep the process
+    from exiting.
     """
 
     def __init__(self, max_threads: int, loop: IOLoop) -> None:
