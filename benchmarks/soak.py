@@ -279,8 +279,8 @@ async def http_client(tally: Tally, port: int) -> None:
                 continue
             body = json.dumps({"data": {"http": tally.http_sent}}).encode()
             writer.write(
-                b"POST /v1/endpoints/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                b"POST /v1/endpoints/echo HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (common.HOST.encode(), port, len(body), body)
             )
             tally.http_sent += 1
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 60)
@@ -357,7 +357,7 @@ async def settle(server: common.Server, timeout_s: float = 60) -> dict[str, Any]
     deadline = time.monotonic() + timeout_s
     while True:
         listing = json.loads(fetch(server, "/v1/endpoints"))["endpoints"]
-        busy = {e["name"]: e["stats"] for e in listing if e["stats"]["queued"] or e["stats"]["workers"]}
+        busy = {e["name"]: e["stats"] for e in listing if any(e["stats"][k] for k in ("queued", "running", "workers"))}
         if not busy or time.monotonic() > deadline:
             return busy
         await asyncio.sleep(0.1)
@@ -388,6 +388,7 @@ async def soak(
     )
     elapsed = time.monotonic() - started
     busy = await settle(server)
+    listing = json.loads(fetch(server, "/v1/endpoints"))["endpoints"]
     metrics = fetch(server, "/metrics").decode()
     accounted = metric_sum(metrics, "servd_requests_total") + metric_sum(metrics, "servd_rejected_total")
     samples.append(
@@ -416,7 +417,8 @@ async def soak(
         "daemon_accounted": int(accounted),
         "daemon_missing": missing,
         "left_busy": busy,
-        "lost": tally.lost + abs(missing) + tally.unexpected + sum(s["queued"] + s["workers"] for s in busy.values()),
+        "lined_up": {e["name"]: e["stats"]["lined_up"] for e in listing},
+        "lost": tally.lost + abs(missing) + tally.unexpected + sum(s["queued"] + s["running"] for s in busy.values()),
         "reload_writes": results[0],
         "reloads": {r: metric_sum(metrics, "servd_reloads_total", f'result="{r}"') for r in RELOAD_RESULTS},
         "samples": samples,
@@ -501,6 +503,7 @@ def print_report(result: dict[str, Any], log_tail: str) -> None:
     )
     print(f"outcomes on open connections: {r['outcomes']}")
     print(f"reloads: {r['reload_writes']} writes, {r['reloads']}")
+    print(f"requests lined up behind a running call, by endpoint: {r['lined_up']}")
     print(
         f"daemon accounted {r['daemon_accounted']} of {r['requests']} (missing {r['daemon_missing']}); "
         f"left busy: {r['left_busy'] or 'nothing'}"
