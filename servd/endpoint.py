@@ -82,6 +82,8 @@ class Endpoint:
         self._collect: Any = None
         self._lines = runner if isinstance(runner, LocalRunner) else None  # a runner that lines calls up
         self._lines_open: dict[int, deque[Batch]] = {}  # by id: each running call and those behind it
+        self._lined = 0  # requests lined up now, behind a running call
+        self._line_depth = 0  # how many may be, behind each (_judge_line_depth)
         self._pump_pending = False
         self._broadcast: Any = None
         self._last_broadcast = 0.0
@@ -213,18 +215,20 @@ class Endpoint:
                 break
             self._launch(instance, self.queue.pop(count))
             dispatched = True
-        if self.queue and (depth := self._line_depth()):
-            dispatched = self._line_up(depth) or dispatched
+        if self.queue and self._lined < self._line_depth * len(self._lines_open):
+            dispatched = self._line_up(self._line_depth) or dispatched
         if dispatched:
             self._schedule_broadcast()
 
-    def _line_depth(self) -> int:
+    def _judge_line_depth(self) -> None:
         """How many requests may wait behind each running call: LINE_UP_BUDGET_S of calls as
-        long as the recent ones, on an unbatched endpoint of the thread pool; 0: none."""
+        long as the recent ones, on an unbatched endpoint of the thread pool; 0: none. Judged
+        when a call is timed or the endpoint retuned, not on every arrival."""
         expected = self.stats.batch_time_s
         if self._lines is None or self.spec.batch is not None or expected is None:
-            return 0
-        return min(LINE_UP_MAX_DEPTH, int(LINE_UP_BUDGET_S / max(expected, 1e-6)))
+            self._line_depth = 0
+        else:
+            self._line_depth = min(LINE_UP_MAX_DEPTH, int(LINE_UP_BUDGET_S / max(expected, 1e-6)))
 
     def _line_up(self, depth: int) -> bool:
         """Every slot is busy with short calls: line the next requests up behind the running ones
@@ -241,6 +245,7 @@ class Endpoint:
             if len(line) > depth:
                 break
             self._launch(line[0].instance, self.queue.pop(1), line)
+            self._lined += 1
             self.stats.lined_up += 1
             lined = True
         if lined and self._collect is None:
@@ -331,7 +336,9 @@ class Endpoint:
         line.remove(batch)
         if not line:
             del self._lines_open[id(line)]
-        elif not line[0].is_wanted():  # ended while lined up, and its call may be running now
+            return
+        self._lined -= 1  # the next one holds the thread now (or a lined-up one left)
+        if not line[0].is_wanted():  # ended while lined up, and its call may be running now
             self._abandon_unwanted()
 
     def _on_partial(self, batch: Batch, offset: int, texts: list[str]) -> None:
@@ -347,6 +354,7 @@ class Endpoint:
         size = batch.size
         if not any(isinstance(o.error, CancelledBeforeStart) for o in result.outcomes):
             self.stats.record_batch(result.run_s)
+            self._judge_line_depth()
             self.metrics.batch_size.observe(size)
         if result.oom_sizes:
             self._lower_batch_size(min(result.oom_sizes))
@@ -518,6 +526,7 @@ class Endpoint:
         self._schedule_broadcast()  # a new order or levels re-sorted what waits
         self._validator = _validator(spec)
         self._layout = _layout(spec)
+        self._judge_line_depth()
         self._pump()
 
     def running_count(self) -> int:
