@@ -359,6 +359,7 @@ class Endpoint:
         if result.oom_sizes:
             self._lower_batch_size(min(result.oom_sizes))
         for request, outcome in zip(batch.requests, result.outcomes, strict=True):
+            request.started_at = max(request.started_at, result.began_at)  # later if it waited in a line
             try:
                 self._end_with(request, outcome, result.run_s, size)
             except Exception as exc:  # noqa: BLE001 - a bug of ours fails this request, never the queue

@@ -53,6 +53,7 @@ class BatchResult:
     run_s: float
     oom_sizes: list[int] = field(default_factory=list)
     lost: bool = False  # the slot itself was lost (a cluster replica died): the batch goes back to the queue
+    began_at: float = 0.0  # when the call began, by the loop's clock (time.time()) on this machine; 0: not known
 
 
 @dataclass(slots=True, eq=False)
@@ -225,10 +226,13 @@ class LocalRunner:
         self._wake.close()
 
     def _work(self, job: Job) -> BatchResult:
+        began_at = time.time()  # IOLoop.time()'s clock: a lined-up job's wait in line is queue time
         try:
-            return execute(job, lambda offset, texts: self._to_loop(job.on_partial, offset, texts))
+            result = execute(job, lambda offset, texts: self._to_loop(job.on_partial, offset, texts))
         except BaseException as exc:  # noqa: BLE001 - the loop must hear back whatever happened
-            return BatchResult([Outcome(error=exc) for _ in job.inputs], 0.0)
+            result = BatchResult([Outcome(error=exc) for _ in job.inputs], 0.0)
+        result.began_at = began_at
+        return result
 
     def _report(self, job: Job, result: BatchResult, wake: bool) -> None:
         self._to_loop(job.on_done, result, wake=wake)

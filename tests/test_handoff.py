@@ -214,7 +214,8 @@ async def test_a_lined_up_request_can_be_cancelled_or_time_out_and_never_reaches
     """Requests that arrive while the only slot runs a short call are lined up behind it: each is
     `started` (it runs next on that thread, without waiting for the loop). One cancelled, or one
     whose deadline passes, while the call before them still runs ends once with its error, and the
-    model never sees it; the others complete in order once that call returns."""
+    model never sees it; the others complete in order once that call returns, their wait in line
+    counted in `timing.queue_s`."""
     LINE_1.reset()
     async with serve(tmp_path, CONFIG) as d:
         for i in range(5):
@@ -237,6 +238,8 @@ async def test_a_lined_up_request_can_be_cancelled_or_time_out_and_never_reaches
         LINE_1.opened.set()
         for name in ("gate", "a", "c"):
             assert (await ws.terminal(name))["data"] == name
+        for name in ("a", "c"):  # their wait in line, behind the gate (>= d's 0.3 s deadline), is queue time
+            assert (await ws.terminal(name))["timing"]["queue_s"] >= 0.3, ws.of(name)
         for name in ("gate", "a", "b", "c", "d"):
             assert len([m for m in ws.of(name) if m in ws.terminals()]) == 1, ws.of(name)
         assert [m["id"] for m in ws.terminals()] == ["b", "d", "gate", "a", "c"]
