@@ -97,7 +97,7 @@ def _gpu_count() -> int:
         import torch
     except ImportError:
         return 0
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return devices.cuda_count(torch)
 
 
 def _memory_bytes() -> int:

@@ -45,10 +45,15 @@ def _resolve_one(name: str) -> str:
             )
         return "mps"
     index = int(name.partition(":")[2] or 0)
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = cuda_count(torch)
     if index >= count:
         raise DeviceError(f"device {name!r} does not exist: torch sees {count} CUDA device(s); use cpu or auto")
     return f"cuda:{index}"
+
+
+def cuda_count(torch: ModuleType) -> int:
+    """The CUDA devices torch can use (0 without CUDA)."""
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
 
 
 def _mps_available(torch: ModuleType) -> bool:

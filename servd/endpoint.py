@@ -2,9 +2,9 @@
 
 Loop thread only. Dispatch is event-driven: `_pump` runs when a request arrives, a batch ends,
 a slot opens or the batch-delay timer fires, and never otherwise. With every slot busy, short
-unbatched calls line up behind the running ones (`_line_up`) rather than wait for the loop. Every way a request can end
-(result, failure, cancel, timeout, drain) goes through `finish`, so the terminal-message count,
-the metrics and the request log line stay in step. Model instances live in `instances.py`,
+unbatched calls line up behind the running ones (`_line_up`) rather than wait for the loop.
+Every way a request can end (result, failure, cancel, timeout, drain) goes through `finish`, so
+the terminal-message count, the metrics and the request log line stay in step. Model instances live in `instances.py`,
 measurements in `stats.py`, and what /v1/endpoints shows in `snapshot.py`.
 """
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from servd import devices, entrypoints
 from servd.entrypoints import Model
-from servd.workers import BatchResult, Job, Outcome, execute
+from servd.workers import BatchResult, Job, execute
 
 
 class RemoteError(Exception):
@@ -66,7 +66,7 @@ class ReplicaActor:
             try:
                 result = execute(job, lambda offset, texts: items.put((offset, texts)))
             except BaseException as exc:  # noqa: BLE001 - the caller must hear back whatever happened
-                result = BatchResult([Outcome(error=exc) for _ in inputs], 0.0)
+                result = BatchResult.failed(inputs, exc)
             items.put(_sendable(result))
 
         threading.Thread(target=work, name="servd-replica-stream", daemon=True).start()

@@ -322,7 +322,7 @@ class RayRunner:
         except Exception as exc:  # noqa: BLE001 - every way a remote call ends is reported on
             if _is_lost(exc):
                 return self._report_lost(job, replica, exc, set())
-            result = BatchResult([Outcome(error=_failed_call(exc)) for _ in job.inputs], 0.0)
+            result = BatchResult.failed(job.inputs, _failed_call(exc))
         job.on_done(result)
 
     async def _consume(self, job: Job, replica: Replica, generator: Any) -> None:
@@ -341,10 +341,10 @@ class RayRunner:
             self._calls.pop(job, None)
             if _is_lost(exc):
                 return self._report_lost(job, replica, exc, streamed)
-            result = BatchResult([Outcome(error=_failed_call(exc)) for _ in job.inputs], 0.0)
+            result = BatchResult.failed(job.inputs, _failed_call(exc))
         self._calls.pop(job, None)
         if result is None:
-            result = BatchResult([Outcome(error=RemoteError("the stream ended early")) for _ in job.inputs], 0.0)
+            result = BatchResult.failed(job.inputs, RemoteError("the stream ended early"))
         job.on_done(result)
 
     def _report_lost(self, job: Job, replica: Replica, exc: BaseException, streamed: set[int]) -> None:

@@ -55,6 +55,11 @@ class BatchResult:
     lost: bool = False  # the slot itself was lost (a cluster replica died): the batch goes back to the queue
     began_at: float = 0.0  # when the call began, by the loop's clock (time.time()) on this machine; 0: not known
 
+    @classmethod
+    def failed(cls, inputs: list[Any], error: BaseException) -> BatchResult:
+        """Every input ends with `error`: the call could not run, or could not report."""
+        return cls([Outcome(error=error) for _ in inputs], 0.0)
+
 
 @dataclass(slots=True, eq=False)
 class Job:
@@ -144,7 +149,7 @@ class _Pool:
                         self._idle += 1
                 self._report(job, result, then is None)
                 job = then
-            del job, result, then
+            del result  # not held while this thread waits for its next job
 
     def abandon(self, job: Job) -> None:
         with self._lock:
@@ -230,7 +235,7 @@ class LocalRunner:
         try:
             result = execute(job, lambda offset, texts: self._to_loop(job.on_partial, offset, texts))
         except BaseException as exc:  # noqa: BLE001 - the loop must hear back whatever happened
-            result = BatchResult([Outcome(error=exc) for _ in job.inputs], 0.0)
+            result = BatchResult.failed(job.inputs, exc)
         result.began_at = began_at
         return result
 
