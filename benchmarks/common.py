@@ -357,7 +357,7 @@ class Workload:
     path: str
     message: Callable[[int], bytes]
     is_reply: Callable[[int, bytes], bool]
-    opcode: int = 0x1  # 0x2: the messages are binary frames (servd/frames.py)
+    opcode: int = 0x1  # 0x2: the messages are binary frames (servd/protocols/frames.py)
 
 
 @dataclass

@@ -106,7 +106,7 @@ def v2_request(port: int, rows: Rows, binary: bool) -> bytes:
 
 
 def binary_frames_workload(rows: Rows) -> common.Workload:
-    """Binary websocket frames (servd/frames.py) to `mlp_t` on /v1/endpoints/mlp_t/ws, progress off."""
+    """Binary websocket frames (servd/protocols/frames.py) to `mlp_t` on /v1/endpoints/mlp_t/ws, progress off."""
     import numpy as np
 
     raw = np.asarray(rows, dtype="<f4").tobytes()

@@ -19,8 +19,8 @@ from servd import __version__
 if TYPE_CHECKING:
     from tornado.ioloop import PeriodicCallback
 
-    from servd.check import Checked
-    from servd.schema import SpecError
+    from servd.config.schema import SpecError
+    from servd.daemon.loading import Checked
 
 
 SERVER_DEPENDENCIES = {"yaml", "jsonschema", "structlog", "watchdog", "prometheus_client", "orjson", "torch", "ruamel"}
@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     if args.command == "schema":
-        from servd.schema import load_schema
+        from servd.config.schema import load_schema
 
         print(json.dumps(load_schema(), indent=2))
         return 0
@@ -52,15 +52,15 @@ def _command(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _run(args.file, args.host, args.port)
     if args.command == "status":
-        from servd import status
+        from servd.tools import status
 
         return status.main(args.url, args.token, args.timeout)
     if args.command == "bench":
-        from servd import bench
+        from servd.tools import bench
 
         return bench.main(args)
     if args.command == "tune":
-        from servd import tune
+        from servd.tools.tune import command as tune
 
         return tune.main(args)
     _parser().print_help()
@@ -86,18 +86,18 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("url", nargs="?", help="the daemon's base URL (default http://127.0.0.1:8700)")
     status.add_argument("--token", help="bearer token when server.tokens_file is set (default: $SERVD_TOKEN)")
     status.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer (default 10)")
-    from servd import bench
+    from servd.tools import bench
 
     bench.add_arguments(commands.add_parser("bench", help="closed-loop load against a running servd; latency, errors"))
-    from servd import tune
+    from servd.tools.tune import command as tune
 
     tune.add_arguments(commands.add_parser("tune", help="find the best concurrency and batching of an endpoint"))
     return parser
 
 
 def _check(file: str) -> int:
-    from servd.check import cluster_warnings, load_checked
-    from servd.schema import SpecError
+    from servd.config.schema import SpecError
+    from servd.daemon.loading import cluster_warnings, load_checked
 
     try:
         spec = load_checked(file).spec
@@ -118,8 +118,8 @@ def _print_problems(exc: SpecError) -> None:
 
 
 def _run(file: str, host: str | None, port: int | None) -> int:
-    from servd.check import load_checked
-    from servd.schema import SpecError
+    from servd.config.schema import SpecError
+    from servd.daemon.loading import load_checked
 
     try:
         checked = load_checked(file)
@@ -155,7 +155,8 @@ def _exit(code: int, unfinished: list[str]) -> int:
 
 
 async def _serve(checked: Checked, overrides: dict[str, Any], unfinished: list[str]) -> int:
-    from servd import gcpolicy, service
+    from servd import service
+    from servd.daemon import gcpolicy
 
     running = service.build(checked, server_overrides=overrides)
     daemon = running.daemon
@@ -200,7 +201,7 @@ def _start_watchdog() -> PeriodicCallback | None:
     """WATCHDOG=1 from the event loop itself, so a stuck loop gets the service restarted."""
     from tornado.ioloop import PeriodicCallback
 
-    from servd import systemd
+    from servd.daemon import systemd
 
     interval = systemd.watchdog_interval_s()
     if interval is None:

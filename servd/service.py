@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from servd import __version__
-from servd.app import make_app
-from servd.check import Checked
-from servd.daemon import Daemon
-from servd.listener import WebFront, bind
-from servd.workers import Runner
+from servd.daemon.daemon import Daemon
+from servd.daemon.loading import Checked
+from servd.runners.local import Runner
+from servd.web.app import make_app
+from servd.web.listener import WebFront, bind
 
 
 @dataclass

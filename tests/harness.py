@@ -29,8 +29,8 @@ from tornado.netutil import bind_sockets
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from servd import service
-from servd.check import load_checked
-from servd.daemon import Daemon
+from servd.daemon.daemon import Daemon
+from servd.daemon.loading import load_checked
 from servd.service import Service
 
 TERMINAL = ("completed", "error")

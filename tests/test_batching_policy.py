@@ -1,4 +1,4 @@
-"""servd.batching: the pure policy of when a batch runs, how big it is, and what ETA a rank gets.
+"""servd.core.batching: the pure policy of when a batch runs, how big it is, and what ETA a rank gets.
 
 No clock or loop here: every time is a plain number passed in, so each rule is checked exactly.
 """
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from servd.batching import RunNow, WaitUntil, decide, eta, lowered_batch_size
+from servd.core.batching import RunNow, WaitUntil, decide, eta, lowered_batch_size
 
 # -- decide --------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from tornado.netutil import bind_sockets
 from tornado.web import Application
 from tornado.websocket import WebSocketHandler
 
-from servd import bench
+from servd.tools import bench
 from tests.harness import serve
 
 SLEEP_S = 0.02

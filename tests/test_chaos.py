@@ -191,7 +191,7 @@ async def until_reloads_settle(d: Running) -> None:
 async def test_reloading_the_config_many_times_keeps_no_memory(tmp_path):
     """A hundred reloads (the file rewritten with new limits each time) leave the daemon's memory
     where it was: benchmarks/soak, rewriting servd.yaml every 3 s, saw RSS grow ~45 KB a reload
-    (+10.7% over 1,000,000 requests). Regression: servd/schema.py kept one module-level
+    (+10.7% over 1,000,000 requests). Regression: servd/config/schema.py kept one module-level
     yaml.SafeLoader (_SCALARS) and called construct_object on it, whose constructed_objects cache
     held every node of every file ever parsed, with marks pointing at the whole file text."""
     async with serve(tmp_path, config_text(random.Random(0))) as d:

@@ -1,4 +1,4 @@
-"""servd.check.load_checked: the file, then each entrypoint imports and is callable, each device exists.
+"""servd.daemon.loading.load_checked: the file, then each entrypoint imports and is callable, each device exists.
 
 Entrypoint modules are written next to the yaml (its directory goes on sys.path), each under a
 name no other test uses, so a module cached in sys.modules by one test never answers another.
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from servd.check import load_checked
-from servd.schema import SpecError
+from servd.config.schema import SpecError
+from servd.daemon.loading import load_checked
 
 _names = itertools.count()
 

@@ -416,7 +416,7 @@ async def test_sync_client_after_close_refuses_calls(tmp_path):
 
 def test_importing_the_client_stays_light():
     """`import servd.client` pulls in neither torch, tornado, structlog, yaml nor the daemon."""
-    heavy = ["torch", "tornado", "tornado.web", "structlog", "yaml", "jsonschema", "servd.daemon"]
+    heavy = ["torch", "tornado", "tornado.web", "structlog", "yaml", "jsonschema", "servd.daemon.daemon"]
     code = f"import sys, json, servd.client; print(json.dumps([m for m in {heavy!r} if m in sys.modules]))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(out.stdout) == []
@@ -454,13 +454,27 @@ def install_light(root: Path) -> tuple[Path, Path]:
 
 
 async def test_client_only_install_needs_nothing_but_tornado(tmp_path):
-    """README's light path: `pip install --no-deps servd` + tornado runs the client and `python -m servd.bench`."""
+    """README's light path: `pip install --no-deps servd` + tornado runs the client and the bench.
+
+    Both the client library and `python -m servd.tools.bench` start without the server's dependencies.
+    """
     target, deps = await asyncio.to_thread(install_light, tmp_path / "light")
     env = dict(os.environ, PYTHONPATH=f"{target}{os.pathsep}{deps}")
     async with serve(tmp_path, CONFIG) as d:
         runs = [
             [sys.executable, "-S", "-c", LIGHT_SCRIPT, d.ws_url],
-            [sys.executable, "-S", "-m", "servd.bench", d.ws_url, "--endpoint", "echo", "--requests", "5", "--json"],
+            [
+                sys.executable,
+                "-S",
+                "-m",
+                "servd.tools.bench",
+                d.ws_url,
+                "--endpoint",
+                "echo",
+                "--requests",
+                "5",
+                "--json",
+            ],
         ]
         outputs = []
         for argv in runs:

@@ -1,4 +1,4 @@
-"""The private APIs servd uses (servd/compat.py) exist in the installed tornado and prometheus_client (#11).
+"""The private APIs servd uses (servd/web/compat.py) exist in the installed tornado and prometheus_client (#11).
 
 An upgrade that removes one fails here, loudly, before it can slow the per-request path or break
 the listener in production; setup.cfg pins the versions this was tested with.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from tornado.websocket import WebSocketProtocol13
 
-from servd import compat
+from servd.web import compat
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,11 +21,11 @@ from openapi_spec_validator import validate as validate_openapi
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from servd import openapi
 from servd.errors import ErrorCode
-from servd.handlers import events
-from servd.handlers.console import CSP, assets
-from servd.live import LiveFeed
+from servd.protocols import openapi
+from servd.web.handlers import events
+from servd.web.handlers.console import CSP, assets
+from servd.web.live import LiveFeed
 from tests.harness import Running, WsClient, eventually, serve
 from tests.test_reload_live import save_atomic, wait_generation
 

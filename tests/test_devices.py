@@ -179,7 +179,7 @@ async def wait_generation(d: Running, generation: int) -> None:
 
 def test_torch_threads_rule():
     """The rule itself: configured wins; auto = cores // CPU torch calls at once, never below 1."""
-    from servd.devices import torch_threads_for
+    from servd.runners.devices import torch_threads_for
 
     assert torch_threads_for(3, 5) == 5
     assert torch_threads_for(0, None) == cores()

@@ -7,7 +7,7 @@ import pytest
 
 from examples.faults import Counter
 from examples.probes import RecordsInit, RecordsInitWithoutDevice
-from servd.entrypoints import EntrypointError
+from servd.runners.entrypoints import EntrypointError
 from tests.harness import eventually, serve
 
 

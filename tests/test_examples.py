@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from examples.digits import sample_images
-from servd.check import load_checked
+from servd.daemon.loading import load_checked
 from tests.harness import serve
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from examples.faults import Counter
-from servd.entrypoints import EntrypointError
+from servd.runners.entrypoints import EntrypointError
 from tests.harness import WAIT_S, Running, WsClient, eventually, serve
 from tests.procs import http, kill_group, running, start
 

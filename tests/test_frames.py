@@ -9,9 +9,11 @@ import struct
 import numpy as np
 import pytest
 
-from servd import bench, frames, protocol
 from servd.client import AsyncClient, BadRequest, Client
 from servd.client import _tensors as client_tensors
+from servd.protocols import frames
+from servd.protocols import ws_messages as protocol
+from servd.tools import bench
 from tests.harness import serve
 
 CONFIG = """

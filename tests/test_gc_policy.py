@@ -4,7 +4,7 @@ free its model, which only a collection can (it sits in reference cycles)."""
 from __future__ import annotations
 
 from examples.probes import Tracked
-from servd import gcpolicy
+from servd.daemon import gcpolicy
 from tests.harness import eventually, serve, write_config
 
 BOTH = """

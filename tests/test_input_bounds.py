@@ -15,9 +15,9 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-from servd import validation
-from servd.entrypoints import Model
-from servd.workers import Job, execute
+from servd.inputs import validation
+from servd.runners.entrypoints import Model
+from servd.runners.local import Job, execute
 from tests.harness import Running, WsClient, serve
 
 CONFIG = """

@@ -72,13 +72,13 @@ def test_the_schema_is_installed_as_package_data(installed):
 
 def test_the_web_console_is_installed_as_package_data(installed):
     """servd/console/* ships with the package: the console works from a regular install, offline."""
-    shipped = {p.name for p in (REPO / "servd" / "console").iterdir() if p.is_file()}
-    assert {p.name for p in (installed / "servd" / "console").iterdir()} >= shipped >= {"index.html", "app.js"}
+    shipped = {p.name for p in (REPO / "servd" / "web" / "console").iterdir() if p.is_file()}
+    assert {p.name for p in (installed / "servd" / "web" / "console").iterdir()} >= shipped >= {"index.html", "app.js"}
 
 
 def test_load_schema_works_from_the_installed_package(installed, tmp_path):
-    """servd.schema.load_schema() reads the installed copy, away from the source tree."""
-    code = "import json, servd.schema\nprint(servd.schema.__file__)\nprint(json.dumps(servd.schema.load_schema()))\n"
+    """servd.config.schema.load_schema() reads the installed copy, away from the source tree."""
+    code = "import json\nfrom servd.config import schema as s\nprint(s.__file__)\nprint(json.dumps(s.load_schema()))\n"
     result = run_installed(installed, tmp_path, "-c", code)
     assert result.returncode == 0, result.stderr
     module_file, schema_text = result.stdout.splitlines()
@@ -137,14 +137,17 @@ def test_the_client_only_environment_lacks_every_server_dependency(client_only, 
 
 def test_servd_client_imports_in_a_client_only_install(installed, client_only, tmp_path):
     """The client, the bench and the status command import from the install with tornado alone."""
-    code = "import servd.client, servd.bench, servd.status; print(servd.client.__file__)"
+    code = "import servd.client, servd.tools.bench, servd.tools.status; print(servd.client.__file__)"
     result = run_client(client_only, tmp_path, "-c", code)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()).is_relative_to(installed)
 
 
 def test_servd_bench_help_in_a_client_only_install(installed, client_only, tmp_path):
-    """The installed `servd` command's bench (not only `python -m servd.bench`) starts without the server's deps."""
+    """The installed `servd` command's bench (not only `python -m servd.tools.bench`) starts without the server.
+
+    A client-only install (no server dependencies) can run it.
+    """
     result = run_client(client_only, tmp_path, str(installed / "bin" / "servd"), "bench", "--help")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: servd bench") and "Exit status" in result.stdout

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from servd.reload import RESTART_KEYS
-from servd.reloading import SERVER_APPLIERS
-from servd.spec import ServerSpec
+from servd.config.plan import RESTART_KEYS
+from servd.config.spec import ServerSpec
+from servd.daemon.reloader import SERVER_APPLIERS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "servd"
 

@@ -21,7 +21,7 @@ import pytest
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from examples.chat import chat
-from servd.spec import SpecError, parse
+from servd.config.spec import SpecError, parse
 from tests.harness import WAIT_S, Running, eventually, serve, write_config
 
 CHAT_GATE = threading.Event()

@@ -1,4 +1,4 @@
-"""OpenAI's chat shapes as plain functions (servd/openai_shapes.py, issue 14): what a chat request
+"""OpenAI's chat shapes as plain functions (servd/protocols/openai_shapes.py, issue 14): what a chat request
 becomes for the entrypoint, how its answer is read, and the finish reason servd reports."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from servd.errors import ErrorCode
-from servd.openai_shapes import Answer, ChatError, NotAChatAnswer, Piece, error, parse_chat, piece
+from servd.protocols.openai_shapes import Answer, ChatError, NotAChatAnswer, Piece, error, parse_chat, piece
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

@@ -1,4 +1,4 @@
-"""servd.protocol: every malformed client message is a ProtocolError that says what is wrong,
+"""servd.protocols.ws_messages: every malformed client message is a ProtocolError that says what is wrong,
 carrying the request's id whenever it could be read; every server message is valid JSON.
 """
 
@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from servd import protocol
+from servd.core.request import Completed, Failed
 from servd.errors import ErrorCode
-from servd.protocol import MAX_ID_CHARS, Cancel, ProtocolError, Submit, parse
-from servd.request import Completed, Failed
+from servd.protocols import ws_messages as protocol
+from servd.protocols.ws_messages import MAX_ID_CHARS, Cancel, ProtocolError, Submit, parse
 
 
 def error_of(text: str | bytes) -> ProtocolError:

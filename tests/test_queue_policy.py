@@ -1,4 +1,4 @@
-"""The schedule of one endpoint's waiting requests (servd/queue.py, issue 12), without a loop.
+"""The schedule of one endpoint's waiting requests (servd/core/queue.py, issue 12), without a loop.
 
 RequestQueue keeps priority levels (1 first) and, within a level, fifo or fair (clients
 round-robin) order. The schedule it shows (iteration, `rank_if_pushed`, the rank `push` returns)
@@ -17,10 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from servd.config.spec import QueueSpec
+from servd.core.queue import FairLevel, FifoLevel, RequestQueue
+from servd.core.request import Request, Terminal
 from servd.errors import ErrorCode, ServdError
-from servd.queue import FairLevel, FifoLevel, RequestQueue
-from servd.request import Request, Terminal
-from servd.spec import QueueSpec
 
 
 class NoSink:

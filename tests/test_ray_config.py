@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from servd.ray_replica import RemoteError, _sendable
-from servd.ray_runner import actor_options, unsatisfiable, wanted_replicas
-from servd.reload import plan
-from servd.schema import SpecError
-from servd.spec import ClusterSpec, EndpointSpec, parse
-from servd.workers import BatchResult, Outcome
+from servd.config.plan import plan
+from servd.config.schema import SpecError
+from servd.config.spec import ClusterSpec, EndpointSpec, parse
+from servd.runners.local import BatchResult, Outcome
+from servd.runners.ray import actor_options, unsatisfiable, wanted_replicas
+from servd.runners.ray_replica import RemoteError, _sendable
 from tests.procs import REPO, env
 
 
@@ -123,8 +123,8 @@ def test_ray_engine_without_ray_installed_names_the_extra(tmp_path):
     path = write(tmp_path, RAY.replace("    replicas: per_gpu\n", "").replace("10.0.0.5:6379", "auto"))
     script = (
         "import sys; sys.modules['ray'] = None\n"  # an import of ray now fails, as without the package
-        "from servd.check import load_checked\n"
-        "from servd.schema import SpecError\n"
+        "from servd.daemon.loading import load_checked\n"
+        "from servd.config.schema import SpecError\n"
         f"try:\n    load_checked({str(path)!r})\nexcept SpecError as exc:\n    print(exc)\n"
     )
     out = subprocess.run(
@@ -229,7 +229,7 @@ def test_resources_no_node_has_are_warned_of():
 
 def test_servd_status_names_each_endpoints_replicas():
     """`servd status` adds a line of live/wanted replicas, with pending and dead ones, on a cluster."""
-    from servd.status import render
+    from servd.tools.status import render
     from tests.test_status_cmd import STATUS, endpoint
 
     on_ray = endpoint() | {"replicas": {"wanted": 3, "live": 1, "pending": 1, "dead": 1, "each": []}}

@@ -3,7 +3,7 @@
 import re
 from pathlib import Path
 
-from servd.docs import metrics_table, settings_table
+from servd.tools.docs import metrics_table, settings_table
 from tests.harness import serve
 
 ROOT = Path(__file__).resolve().parent.parent

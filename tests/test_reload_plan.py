@@ -1,6 +1,6 @@
 """reload.plan(old, new) sorts every kind of config change into what the daemon must do with it.
 
-Pure tests: both Specs come from servd.spec.parse on files in tmp_path; nothing is imported or
+Pure tests: both Specs come from servd.config.spec.parse on files in tmp_path; nothing is imported or
 served. DESIGN.md §5 is the contract (issue #4).
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from servd.reload import Plan, plan
-from servd.spec import Spec, parse
+from servd.config.plan import Plan, plan
+from servd.config.spec import Spec, parse
 
 BASE: dict[str, Any] = {
     "version": 1,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from servd import auth
+from servd.daemon import auth
 from tests.harness import serve
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ import pytest
 import yaml
 
 from servd.errors import ErrorCode
-from servd.metrics import METRICS
+from servd.obs.metrics import METRICS
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "examples" / "servd.service"

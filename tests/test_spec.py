@@ -1,4 +1,4 @@
-"""servd.spec.parse: a servd.yaml becomes a frozen Spec, or a SpecError listing every problem.
+"""servd.config.spec.parse: a servd.yaml becomes a frozen Spec, or a SpecError listing every problem.
 
 Every problem names the file, the line and column of the offending key and its dotted path.
 The defaults and the allowed keys are read from schemas/servd.schema.json, never restated here.
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from servd.schema import SpecError
-from servd.spec import BatchSpec, LogSpec, QueueSpec, ServerSpec, Spec, parse
+from servd.config.schema import SpecError
+from servd.config.spec import BatchSpec, LogSpec, QueueSpec, ServerSpec, Spec, parse
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((REPO / "schemas" / "servd.schema.json").read_text("utf-8"))

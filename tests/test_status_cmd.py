@@ -15,7 +15,7 @@ import pytest
 
 import servd
 from servd.client import Cancelled, Client, EndpointFailed, Timeout
-from servd.status import duration, outcomes_from_metrics, render
+from servd.tools.status import duration, outcomes_from_metrics, render
 from tests.harness import eventually_sync
 from tests.procs import REPO, WAIT_S, closed_port, env, http, running
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from servd import systemd
+from servd.daemon import systemd
 from tests.procs import WAIT_S, Running, env, http, listening
 
 CONFIG = """\
@@ -183,7 +183,7 @@ def test_sigterm_sends_stopping_then_exits_0(tmp_path, notify_socket):
         assert daemon.proc.wait(WAIT_S) == 0
 
 
-# -- servd.systemd in-process --------------------------------------------------------------
+# -- servd.daemon.systemd in-process --------------------------------------------------------------
 
 
 def test_notify_is_a_no_op_without_notify_socket(monkeypatch):

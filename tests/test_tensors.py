@@ -1,6 +1,6 @@
 """Declared tensors (issue 18): checking, stacking, splitting and bisection on row boundaries.
 
-The pure parts (servd/tensors.py, batching.fit_rows, workers.execute on a tensor Job) are tested
+The pure parts (servd/inputs/tensors.py, batching.fit_rows, workers.execute on a tensor Job) are tested
 as plain functions, without a loop; the rest through a real daemon on servd's own JSON API.
 """
 
@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 
 from examples.tensors import OomAboveRows, add_sub, fail_on_negative, wrong_rows
-from servd import batching, tensors
-from servd.entrypoints import Model
-from servd.spec import TensorSpec, TensorsSpec
-from servd.workers import BatchContractError, Job, execute
+from servd.config.spec import TensorSpec, TensorsSpec
+from servd.core import batching
+from servd.inputs import tensors
+from servd.runners.entrypoints import Model
+from servd.runners.local import BatchContractError, Job, execute
 from tests.harness import serve
 
 X = TensorSpec("x", "FP32", (-1, 3))

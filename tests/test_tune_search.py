@@ -1,4 +1,4 @@
-"""servd.tune_search against a model of known cost: it finds the best setting, stops where it should (#16).
+"""servd.tools.tune.search against a model of known cost: it finds the best setting, stops where it should (#16).
 
 The model is a closed loop on a batched endpoint whose call of n inputs takes a + b*n ms, with
 `parallel` calls at once on the device (more slots make each call slower in proportion), and an
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 
-from servd.tune_model import Goal, Limits, Measure, Point, Setting, Trial
-from servd.tune_report import pareto
-from servd.tune_search import Search
+from servd.tools.tune.model import Goal, Limits, Measure, Point, Setting, Trial
+from servd.tools.tune.report import pareto
+from servd.tools.tune.search import Search
 
 START = Setting(concurrency=1, max_size=4, max_delay_ms=5.0)
 

@@ -1,7 +1,7 @@
 """A config edit is applied even while another file next to servd.yaml keeps changing.
 
 Found by the echo benchmark: with `servd run servd.yaml 2>> servd.log` in one directory, every
-request's log line is a filesystem event in the watched directory. servd/watch.py restarts its
+request's log line is a filesystem event in the watched directory. servd/daemon/watch.py restarts its
 DEBOUNCE_S timer on every event in the directory, so while lines arrive faster than that the
 timer never fires and the edited config is never reloaded (and each line costs the loop a
 callback plus two timer operations).

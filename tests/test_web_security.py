@@ -23,7 +23,7 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 from tornado.web import Application, RequestHandler
 
-from servd import webguard
+from servd.web import guard as webguard
 from tests.harness import Reply, eventually, serve
 
 ECHO = """

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from tornado.httpclient import HTTPClientError
 
-from servd.compat import BufferedFrames, fast_send_supported
+from servd.web.compat import BufferedFrames, fast_send_supported
 from tests.harness import TERMINAL, WAIT_S, WsClient, eventually, serve
 from tests.test_slow_clients import _handshake
 

@@ -1,4 +1,4 @@
-"""servd.yamledit: `servd tune --write` changes the tuned values and leaves every other byte alone (#16)."""
+"""servd.config.yamledit: `servd tune --write` changes the tuned values and leaves every other byte alone (#16)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from servd.yamledit import EditError, edit, save_atomically
+from servd.config.yamledit import EditError, edit, save_atomically
 
 REPO = Path(__file__).resolve().parent.parent
 CLASSIFY = ("endpoints", "classify")

@@ -1,0 +1,580 @@
+"""A running endpoint: its queue, admission and dispatch, and the one door requests leave by.
+
+Loop thread only. Dispatch is event-driven: `_pump` runs when a request arrives, a batch ends,
+a slot opens or the batch-delay timer fires, and never otherwise. With every slot busy, short
+unbatched calls line up behind the running ones (`_line_up`) rather than wait for the loop.
+Every way a request can end (result, failure, cancel, timeout, drain) goes through `finish`, so
+the terminal-message count, the metrics and the request log line stay in step. Model instances live in `instances.py`,
+measurements in `stats.py`, and what /v1/endpoints shows in `snapshot.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from tornado.ioloop import IOLoop
+
+from servd.config.spec import EndpointSpec
+from servd.core import admission, batching
+from servd.core.failures import clip, log_safely, safe_str
+from servd.core.instances import Instance, Instances
+from servd.core.queue import RequestQueue
+from servd.core.request import Completed, Failed, Request, State, Terminal
+from servd.core.stats import Stats
+from servd.errors import ErrorCode, ServdError
+from servd.inputs import tensors
+from servd.inputs.validation import InputCheck, InvalidInput
+from servd.obs.metrics import EndpointSeries
+from servd.protocols import ws_messages as protocol
+from servd.runners.entrypoints import Model
+from servd.runners.local import (
+    BatchContractError,
+    BatchResult,
+    CancelledBeforeStart,
+    Job,
+    LocalRunner,
+    NotEncodable,
+    NotJSON,
+    Outcome,
+    Runner,
+)
+
+ESTIMATION_INTERVAL_S = 0.25  # at most 4 estimation messages a second per request
+LINE_UP_BUDGET_S = 0.001  # predicted run time lined up behind each running call, at most
+LINE_UP_MAX_DEPTH = 16  # requests lined up behind one call, at most, however short calls are
+LINE_UP_OVERDUE_S = 0.005  # a call running this long takes no more requests behind it (it may hang)
+COLLECT_INTERVAL_S = 0.002  # how long a lined-up call's result may wait for the loop to fetch it
+
+
+@dataclass(slots=True, eq=False)
+class Batch:
+    requests: list[Request]
+    instance: Instance
+    started_at: float
+    size: int = 0  # requests, or rows on a stacked tensor endpoint: what batch.max_size counts
+    job: Job | None = None
+    line: deque[Batch] = field(default_factory=deque)  # this batch and those lined up with it, in order
+
+    def is_wanted(self) -> bool:
+        return any(r.state is not State.DONE for r in self.requests)
+
+
+class Endpoint:
+    def __init__(self, spec: EndpointSpec, runner: Runner, metrics: EndpointSeries, log: Any, loop: IOLoop) -> None:
+        self.spec = spec
+        self.runner = runner
+        self.metrics = metrics
+        self.log = log
+        self.loop = loop
+        self.queue = RequestQueue(spec.queue)
+        self.instances = Instances(spec.name, loop, log)
+        self.stats = Stats()
+        self.accepting = True
+        self.working_batch_size = spec.batch.max_size if spec.batch else 1
+        self._validator = _validator(spec)
+        self._layout = _layout(spec)
+        self._batches: set[Batch] = set()
+        self._wake: Any = None
+        self._wake_at = 0.0
+        self._collect: Any = None
+        self._lines = runner if isinstance(runner, LocalRunner) else None  # a runner that lines calls up
+        self._lines_open: dict[int, deque[Batch]] = {}  # by id: each running call and those behind it
+        self._lined = 0  # requests lined up now, behind a running call
+        self._line_depth = 0  # how many may be, behind each (_judge_line_depth)
+        self._pump_pending = False
+        self._broadcast: Any = None
+        self._last_broadcast = 0.0
+        self._idle_waiters: list[asyncio.Future[None]] = []
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # -- admission -------------------------------------------------------------------------
+
+    def submit(self, request: Request) -> None:
+        """Admit `request` or raise ServdError (nothing is queued then)."""
+        limits = self.spec.queue
+        request.priority = admission.level_for(request.priority, request.highest_priority, limits, self.name)
+        self._admission_check(request)
+        now = self.loop.time()
+        due = admission.deadline(limits, request.deadline_s, now)
+        eta = None
+        if limits.admit == "predicted":  # the rank it would get, before it takes a place
+            rank = self.queue.rank_if_pushed(request.client, request.priority)
+            eta = self._eta(rank, now)
+            if (refusal := admission.doomed(eta, rank, now, due)) is not None:
+                raise refusal
+        request.admitted_at = now
+        request.owner = self
+        if due is not None:
+            request.deadline = due
+            request.timer = self.loop.call_at(due, self._expire, request)
+        request.last_rank = self.queue.push(request)
+        self.metrics.admitted_at(request.priority)
+        if request.progress:  # the ETA costs a little: only when someone is told it (and it is judged)
+            request.eta_s = eta if eta is not None else self._eta(request.last_rank, now)
+            request.sink.send(request, protocol.queued(request.id, request.last_rank, len(self.queue), request.eta_s))
+        if self.queue.pushes_back_others(request.priority):
+            self._schedule_broadcast()
+        if self.spec.batch is not None and self.spec.batch.wait == "when_busy" and not self._batches:
+            self._pump_soon()
+        else:
+            self._pump()
+
+    def _eta(self, rank: int, now: float) -> float | None:
+        return batching.eta(rank, self.working_batch_size, self._slot_remaining(now), self.stats.batch_time_s)
+
+    def _pump_soon(self) -> None:
+        """Pump once the loop has read what arrived with this request: an idle batched endpoint
+        (batch.wait: when_busy) runs at once, and a burst read in one go still forms one batch."""
+        if not self._pump_pending:
+            self._pump_pending = True
+            self.loop.asyncio_loop.call_soon(self._pump_now)  # type: ignore[attr-defined]
+
+    def _pump_now(self) -> None:
+        self._pump_pending = False
+        self._pump()
+
+    def _admission_check(self, request: Request) -> None:
+        if not self.accepting:
+            raise ServdError(ErrorCode.UNAVAILABLE, f"endpoint {self.name!r} is not accepting requests (draining)")
+        if self._validator is not None:  # large data is checked on the worker instead (validation.py)
+            request.data = self._validator.admit(request.data, request.size)
+        elif self._layout is not None:
+            request.data = self._admit_tensors(self._layout, request.data)
+        self.queue.check_room(request.client)
+
+    def _admit_tensors(self, layout: tensors.Layout, data: Any) -> tensors.TensorInput:
+        """Declared tensors, checked before anything is queued; a batched request's rows must fit a call."""
+        try:
+            tensor = tensors.admit(layout, data)
+        except tensors.TensorError as exc:
+            raise ServdError(ErrorCode.INVALID_INPUT, str(exc)) from None
+        if layout.batched and self.spec.batch is not None and tensor.rows > self.spec.batch.max_size:
+            raise ServdError(
+                ErrorCode.INVALID_INPUT,
+                f"{tensor.rows} rows; batch.max_size={self.spec.batch.max_size} rows is the most one call takes",
+            )
+        return tensor
+
+    def cancel(self, request: Request, message: str = "cancelled by the client") -> None:
+        """End a queued or running request with `cancelled`; a queued one never runs."""
+        running = request.state is State.RUNNING
+        if request.state is State.QUEUED and self.queue.remove(request):
+            self._schedule_broadcast()
+        self.finish(request, Failed(ErrorCode.CANCELLED, message))
+        if running:
+            self._abandon_unwanted()
+
+    def _expire(self, request: Request) -> None:
+        request.timer = None
+        if request.state is State.DONE:
+            return
+        where = "waiting in the queue" if request.state is State.QUEUED else "running"
+        if request.state is State.QUEUED and self.queue.remove(request):
+            self._schedule_broadcast()
+        assert request.deadline is not None  # a timer is armed only with a deadline
+        limit = admission.deadline_setting(request.deadline_s, request.deadline - request.admitted_at)
+        self.finish(request, Failed(ErrorCode.TIMEOUT, f"{limit} passed while {where}"))
+        if where == "running":
+            self._abandon_unwanted()
+
+    def _abandon_unwanted(self) -> None:
+        """Calls still running for requests that all ended are stuck: free their threads' places."""
+        for batch in self._calls():
+            if batch.job is not None and not batch.job.abandoned and not batch.is_wanted():
+                self.runner.abandon(batch.job)
+                self.log.info(
+                    "call abandoned", endpoint=self.name, device=batch.instance.model.device,
+                    running_s=round(self.loop.time() - batch.started_at, 3),
+                )  # fmt: skip
+
+    def stuck_count(self) -> int:
+        """Calls still running whose requests all ended (a timeout or cancel outlived by the model)."""
+        return sum(1 for b in self._calls() if not b.is_wanted())
+
+    def _calls(self) -> Iterator[Batch]:
+        """The batches that hold a thread: running, or next on theirs; not those lined up behind."""
+        return (line[0] for line in self._lines_open.values())
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Start batches while a slot is free and requests wait; arm one timer for a partial batch."""
+        dispatched = False
+        while self.queue:
+            instance = self.instances.free(self.spec.concurrency)
+            if instance is None:
+                break
+            count = self._batch_count()
+            if count is None:
+                break
+            self._launch(instance, self.queue.pop(count))
+            dispatched = True
+        if self.queue and self._lined < self._line_depth * len(self._lines_open):
+            dispatched = self._line_up(self._line_depth) or dispatched
+        if dispatched:
+            self._schedule_broadcast()
+
+    def _judge_line_depth(self) -> None:
+        """How many requests may wait behind each running call: LINE_UP_BUDGET_S of calls as
+        long as the recent ones, on an unbatched endpoint of the thread pool; 0: none. Judged
+        when a call is timed or the endpoint retuned, not on every arrival."""
+        expected = self.stats.batch_time_s
+        if self._lines is None or self.spec.batch is not None or expected is None:
+            self._line_depth = 0
+        else:
+            self._line_depth = min(LINE_UP_MAX_DEPTH, int(LINE_UP_BUDGET_S / max(expected, 1e-6)))
+
+    def _line_up(self, depth: int) -> bool:
+        """Every slot is busy with short calls: line the next requests up behind the running ones
+        (the shortest line first), so a worker goes from one call to the next without a round
+        trip through the loop. They leave the queue in its order and are `started` from here; a
+        call running for longer than LINE_UP_OVERDUE_S (slow, or hung) takes no more."""
+        due = self.loop.time() - LINE_UP_OVERDUE_S
+        lines = [
+            line for line in self._lines_open.values() if line[0].started_at > due and not line[0].instance.retired
+        ]
+        lined = False
+        while self.queue and lines:
+            line = min(lines, key=len)
+            if len(line) > depth:
+                break
+            self._launch(line[0].instance, self.queue.pop(1), line)
+            self._lined += 1
+            self.stats.lined_up += 1
+            lined = True
+        if lined and self._collect is None:
+            self._collect = self.loop.call_later(COLLECT_INTERVAL_S, self._collect_results)
+        return lined
+
+    def _collect_results(self) -> None:
+        """Results of lined-up calls come back without waking the loop, the last of a line
+        excepted: fetch them at least every COLLECT_INTERVAL_S, in case that one is slow."""
+        self._collect = None
+        assert self._lines is not None  # armed only where lines are formed
+        self._lines.collect()
+        if self._collect is None and any(len(line) > 1 for line in self._lines_open.values()):
+            self._collect = self.loop.call_later(COLLECT_INTERVAL_S, self._collect_results)
+
+    def _batch_count(self) -> int | None:
+        if self.spec.batch is None:
+            return 1
+        waiting, fitting = len(self.queue), 0
+        if self._layout is not None:  # stacked tensors: batch.max_size counts rows
+            fitting, waiting, full = batching.fit_rows((r.data.rows for r in self.queue), self.working_batch_size)
+            if full:
+                return fitting
+        now = self.loop.time()
+        decision = batching.decide(
+            waiting,
+            self.working_batch_size,
+            self.queue.oldest_admitted_at(),
+            self.spec.batch.max_delay_ms / 1000,
+            now,
+            run_when_idle=self.spec.batch.wait == "when_busy" and not self._batches,
+        )
+        if isinstance(decision, batching.WaitUntil):
+            self._arm_wake(decision.when)
+            return None
+        if decision and self._layout is not None:
+            return fitting
+        return decision.count if decision else None
+
+    def _arm_wake(self, when: float) -> None:
+        if self._wake is not None and self._wake_at <= when:
+            return
+        if self._wake is not None:
+            self.loop.remove_timeout(self._wake)
+        self._wake_at = when
+        self._wake = self.loop.call_at(when, self._on_wake)
+
+    def _on_wake(self) -> None:
+        self._wake = None
+        self._pump()
+
+    def _launch(self, instance: Instance, requests: list[Request], line: deque[Batch] | None = None) -> None:
+        now = self.loop.time()
+        for request in requests:
+            request.state = State.RUNNING
+            request.started_at = now
+            if request.progress:
+                request.sink.send(request, protocol.started(request.id))
+        layout = self._layout
+        size = sum(r.data.rows for r in requests) if layout is not None and layout.batched else len(requests)
+        batch = Batch(requests, instance, now, size)
+        before = line[-1].job if line else None
+        if line is not None:
+            batch.line = line
+        else:
+            self._lines_open[id(batch.line)] = batch.line
+        batch.line.append(batch)
+        instance.running += 1
+        self._batches.add(batch)
+        job = Job(
+            model=instance.model,
+            inputs=[r.data for r in requests],
+            batched=self.spec.batch is not None,
+            on_partial=functools.partial(self._on_partial, batch),
+            on_done=functools.partial(self._on_done, batch),
+            is_wanted=batch.is_wanted,
+            tensors=layout,
+        )
+        batch.job = job
+        if before is not None and self._lines is not None:
+            self._lines.run_after(job, before)
+        else:
+            self.runner.run(job)
+
+    def _leave_line(self, batch: Batch) -> None:
+        """`batch` returned: the next of its line (if any) now holds the thread."""
+        line = batch.line
+        line.remove(batch)
+        if not line:
+            del self._lines_open[id(line)]
+            return
+        self._lined -= 1  # the next one holds the thread now (or a lined-up one left)
+        if not line[0].is_wanted():  # ended while lined up, and its call may be running now
+            self._abandon_unwanted()
+
+    def _on_partial(self, batch: Batch, offset: int, texts: list[str]) -> None:
+        for request, text in zip(batch.requests[offset:], texts, strict=False):
+            if request.progress and request.state is State.RUNNING:
+                request.sink.send(request, protocol.partial(request.id, text))
+
+    def _on_done(self, batch: Batch, result: BatchResult) -> None:
+        if result.lost:
+            return self.requeue(batch, result)
+        self._batches.discard(batch)
+        self._leave_line(batch)
+        size = batch.size
+        if not any(isinstance(o.error, CancelledBeforeStart) for o in result.outcomes):
+            self.stats.record_batch(result.run_s)
+            self._judge_line_depth()
+            self.metrics.batch_size.observe(size)
+        if result.oom_sizes:
+            self._lower_batch_size(min(result.oom_sizes))
+        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
+            request.started_at = max(request.started_at, result.began_at)  # later if it waited in a line
+            try:
+                self._end_with(request, outcome, result.run_s, size)
+            except Exception as exc:  # noqa: BLE001 - a bug of ours fails this request, never the queue
+                self.finish(request, Failed(ErrorCode.ENDPOINT_FAILED, "servd could not report this result"))
+                log_safely(self.log.error, "failed to end a request", endpoint=self.name, id=request.id, exc_info=exc)
+        self.instances.call_ended(batch.instance)
+        self._pump()
+
+    def _end_with(self, request: Request, outcome: Outcome, run_s: float, size: int) -> None:
+        if outcome.error is None:
+            assert outcome.data_json is not None
+            queue_s = request.started_at - request.admitted_at
+            if outcome.batch_size:  # the call that produced it (failure isolation makes smaller ones)
+                run_s, size = outcome.run_s, outcome.batch_size
+            self.finish(request, Completed(outcome.data_json, queue_s, run_s, size, outcome.payload))
+        elif isinstance(outcome.error, InvalidInput):
+            self.finish(request, Failed(ErrorCode.INVALID_INPUT, str(outcome.error)))
+        elif request.state is not State.DONE:
+            self.finish(request, Failed(ErrorCode.ENDPOINT_FAILED, self._describe_failure(request, outcome.error)))
+
+    def _describe_failure(self, request: Request, exc: BaseException) -> str:
+        text = safe_str(exc)
+        if isinstance(exc, (BatchContractError, NotJSON)):
+            log_safely(self.log.error, "entrypoint broke its contract", endpoint=self.name, id=request.id, error=text)
+            return text
+        if isinstance(exc, NotEncodable):  # servd's limit, not the entrypoint's fault
+            log_safely(self.log.error, "servd could not encode a result", endpoint=self.name, id=request.id, error=text)
+            return f"servd could not encode the result of {self.spec.entrypoint} as JSON: {text}"
+        log_safely(self.log.error, "entrypoint raised", endpoint=self.name, id=request.id, exc_info=exc)
+        return f"{self.spec.entrypoint} raised {type(exc).__name__}: {clip(text)}"
+
+    def requeue(self, batch: Batch, result: BatchResult) -> None:
+        """The replica running `batch` was lost (its process or node died; ray_runner.py): its
+        requests go back to the head of the queue, in order, to run on another replica. Once: a
+        request lost a second time, or one that already streamed partials (it must not run
+        twice), ends with `unavailable`."""
+        self._batches.discard(batch)
+        self._leave_line(batch)
+        self.instances.call_ended(batch.instance)
+        back: list[Request] = []
+        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
+            if request.state is State.DONE:
+                continue
+            streamed = getattr(outcome.error, "streamed", False)
+            if request.reruns or streamed:
+                why = "after sending partials" if streamed else "a second time"
+                self.finish(request, Failed(ErrorCode.UNAVAILABLE, f"the replica running it was lost {why}"))
+                continue
+            request.reruns += 1
+            request.state = State.QUEUED
+            back.append(request)
+        self.queue.push_front(back)
+        reason = result.outcomes[0].error if result.outcomes else None
+        self.log.warning("batch requeued", endpoint=self.name, requeued=len(back), reason=str(reason))
+        self._schedule_broadcast()
+        self._pump()
+
+    def slots_changed(self) -> None:
+        """A replica became reachable or was lost (ray_runner.py): dispatch and ETAs follow."""
+        self._schedule_broadcast()
+        self._pump()
+
+    def _lower_batch_size(self, failed_size: int) -> None:
+        lowered = batching.lowered_batch_size(self.working_batch_size, failed_size)
+        if lowered < self.working_batch_size:
+            self.log.warning(
+                "out of memory: batch size lowered", endpoint=self.name, failed_size=failed_size, batch_size=lowered
+            )
+            self.working_batch_size = lowered
+
+    # -- ending ----------------------------------------------------------------------------
+
+    def finish(self, request: Request, terminal: Terminal) -> None:
+        """The one way a request ends here: terminal message, timer, stats, metrics, log line."""
+        if not request.finish(terminal):
+            return
+        if request.timer is not None:
+            self.loop.remove_timeout(request.timer)
+            request.timer = None
+        self.metrics.ended(terminal.outcome)
+        if isinstance(terminal, Completed):
+            self.stats.record_completed(terminal.queue_s, terminal.run_s)
+            self.metrics.waited(request.priority, terminal.queue_s)
+            self.metrics.run_seconds.observe(terminal.run_s)
+            if request.eta_s is not None:  # the estimator, judged: ETA given vs time it took
+                error = abs(self.loop.time() - request.admitted_at - request.eta_s)
+                self.stats.eta_errors.append(error)
+                self.metrics.eta_error.observe(error)
+            self.log.info(
+                "request", endpoint=self.name, id=request.id, outcome="completed",
+                queue_s=round(terminal.queue_s, 6), run_s=round(terminal.run_s, 6), batch_size=terminal.batch_size,
+            )  # fmt: skip
+        else:
+            self.stats.record_failed(terminal.outcome)
+            self._log_failed(request, terminal)
+        if self._idle_waiters and self.is_idle():
+            for waiter in self._idle_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._idle_waiters.clear()
+
+    def _log_failed(self, request: Request, terminal: Failed) -> None:
+        now = self.loop.time()
+        started = request.started_at or now
+        self.log.info(
+            "request", endpoint=self.name, id=request.id, outcome=terminal.code.word,
+            queue_s=round(started - request.admitted_at, 6),
+            run_s=round(now - request.started_at, 6) if request.started_at else None,
+            batch_size=None, message=terminal.message,
+        )  # fmt: skip
+
+    # -- estimation ------------------------------------------------------------------------
+
+    def _slot_remaining(self, now: float) -> list[float]:
+        """Seconds until each slot is free, ascending (0 for a free slot); a slot with requests
+        lined up is free once they have run too."""
+        expected = self.stats.batch_time_s or 0.0
+        busy = [
+            max(0.0, expected - (now - b.started_at)) + (len(b.line) - 1) * expected
+            for b in self._calls()
+            if not b.instance.retired
+        ]
+        free = max(0, self.instances.live() * self.spec.concurrency - len(busy))
+        return [0.0] * free + sorted(busy)
+
+    def eta_for_new(self) -> float | None:
+        return self._eta(len(self.queue), self.loop.time())
+
+    def _schedule_broadcast(self) -> None:
+        if self._broadcast is not None or not self.queue:
+            return
+        at = max(self.loop.time(), self._last_broadcast + ESTIMATION_INTERVAL_S)
+        self._broadcast = self.loop.call_at(at, self._send_estimations)
+
+    def _send_estimations(self) -> None:
+        """Tell every waiting request whose rank changed its new rank and ETA."""
+        self._broadcast = None
+        now = self._last_broadcast = self.loop.time()
+        slots = self._slot_remaining(now)
+        size = len(self.queue)
+        for rank, request in enumerate(self.queue):
+            if request.last_rank != rank:
+                request.last_rank = rank
+                if request.progress:
+                    eta = batching.eta(rank, self.working_batch_size, slots, self.stats.batch_time_s)
+                    request.sink.send(request, protocol.estimation(request.id, rank, size, eta))
+
+    # -- models, retuning, draining ----------------------------------------------------------
+
+    def serve_models(self, models: list[Model]) -> None:
+        """Send new batches to `models`; running calls finish on the old ones, which then close."""
+        self.instances.serve(models)
+        self._pump()
+
+    def set_log(self, log: Any) -> None:
+        """The logger after a reload changed server.log."""
+        self.log = self.instances.log = log
+
+    def retune(self, spec: EndpointSpec) -> None:
+        """Apply new limits in place; queued requests keep their place."""
+        if spec.batch != self.spec.batch:  # an OOM-lowered size holds until batch: itself is edited
+            self.working_batch_size = spec.batch.max_size if spec.batch else 1
+        self.spec = spec
+        self.queue.reconfigure(spec.queue)
+        self._schedule_broadcast()  # a new order or levels re-sorted what waits
+        self._validator = _validator(spec)
+        self._layout = _layout(spec)
+        self._judge_line_depth()
+        self._pump()
+
+    def running_count(self) -> int:
+        """Requests running now (not counting calls whose requests already ended)."""
+        return sum(1 for b in self._batches for r in b.requests if r.state is State.RUNNING)
+
+    def is_idle(self) -> bool:
+        return not self.queue and not any(b.is_wanted() for b in self._batches)
+
+    async def wait_idle(self) -> None:
+        if self.is_idle():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._idle_waiters.append(waiter)
+        await waiter
+
+    def end_all(self, code: ErrorCode, message: str) -> int:
+        """End every admitted request (waiting or running) with `code`; returns how many."""
+        ended = 0
+        for request in self.queue.drain():
+            self.finish(request, Failed(code, message))
+            ended += 1
+        for batch in list(self._batches):
+            for request in batch.requests:
+                if request.state is not State.DONE:
+                    self.finish(request, Failed(code, message))
+                    ended += 1
+        return ended
+
+    def close_models(self) -> list[asyncio.Future[Any]]:
+        """Retire and close every instance; returns the close() calls still running."""
+        return self.instances.close_all()
+
+    def calls_running(self) -> int:
+        """Calls running now, on current and retired models alike (requests ended or not)."""
+        return sum(1 for _ in self._calls())
+
+    def running_devices(self) -> list[str]:
+        """The device of each call running now: what a shutdown that can't wait for them names."""
+        return [b.instance.model.device for b in self._calls()]
+
+
+def _validator(spec: EndpointSpec) -> InputCheck | None:
+    return None if spec.input_schema is None else InputCheck(spec.input_schema)
+
+
+def _layout(spec: EndpointSpec) -> tensors.Layout | None:
+    return None if spec.tensors is None else tensors.Layout(spec.tensors, spec.batch is not None)

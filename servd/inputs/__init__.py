@@ -1,0 +1,1 @@
+"""What clients send, as values: JSON text (parse, dump, depth), declared tensors, input_schema checks. Pure."""

@@ -1,0 +1,1 @@
+"""The web front: the Tornado app, its listener, the guards, the live feed, and one handler module per protocol."""
