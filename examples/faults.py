@@ -98,7 +98,7 @@ class Counter:
 
 
 class FailsToLoad:
-    def __init__(self) -> None:
+    def __init__(self, tag: str = "") -> None:  # takes a tag option (tests swap to it): only its load fails
         raise RuntimeError("weights file missing (on purpose)")
 
     def __call__(self, data: Any) -> Any:

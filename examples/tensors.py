@@ -1,4 +1,4 @@
-"""Tensor entrypoints (README: Tensors and the v2 protocol): a dict of name -> array in, arrays out.
+"""Tensor entrypoints (docs/protocols/v2.md): a dict of name -> array in, arrays out.
 
 `add_sub` is Triton's classic "simple" model, served by the default servd.yaml as `simple`, so
 tritonclient's own examples run against servd. The others misbehave on purpose, for the tests.

@@ -3,6 +3,9 @@
 Data flows one way: file -> Checked spec -> Daemon (endpoints, workers) -> Application and
 handlers (which call the daemon) -> Listener. Nothing below this module builds what sits above
 it; `servd run` and the tests' harness both start servd through `start` here.
+
+Threading: everything here runs on the loop thread, once at start and once at shutdown; the
+only other thread it starts is the daemon's file watcher (daemon.watch), which hands back to the loop.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any, TextIO
 from servd import __version__
 from servd.daemon.daemon import Daemon
 from servd.daemon.loading import Checked
-from servd.runners.local import Runner
+from servd.runners.seam import Runner
 from servd.web.app import make_app
 from servd.web.listener import WebFront, bind
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import sys
+import time
 from typing import Any
 
 import pytest
@@ -166,21 +167,52 @@ async def test_a_run_where_every_request_failed_exits_1_and_says_why(tmp_path):
     assert err.strip() == "servd bench: no request completed at 1 client: all 20 failed (endpoint_failed 20)"
 
 
-async def test_an_unknown_endpoint_over_http_exits_1_for_each_level(tmp_path):
-    """Every request refused (unknown_endpoint) at each level of a sweep: exit 1, one reason per level."""
-    async with serve(tmp_path, FAILING) as d:
+async def test_a_misspelt_endpoint_fails_at_once_naming_the_ones_served(tmp_path):
+    """`--endpoint ecoh` is refused before any load, over either transport, with the names the server has
+    and the likely one: it used to run every level's whole duration (here 30 s) and then fail (#24)."""
+    async with serve(tmp_path, CONFIG) as d:
+        for url, transport in ((d.ws_url, "ws"), (d.url, "http")):
+            began = time.monotonic()
+            rc, out, err = await run_bench(
+                url, "--transport", transport, "--endpoint", "ecoh", "--clients", "1,2", "--duration", "30",
+                "--warmup", "0",
+            )  # fmt: skip
+            assert time.monotonic() - began < 15, "the bench ran its levels before failing"
+            assert rc == 1 and out == ""
+            port = d.url.rsplit(":", 1)[1]
+            assert err.strip() == (
+                f"servd bench: unknown_endpoint: no endpoint 'ecoh' at http://127.0.0.1:{port} "
+                "(it serves sleep, tiny, echo, levels; did you mean 'echo'?)"
+            )
+        served = d.daemon.endpoints["echo"].stats.completed
+    assert served == 0
+
+
+async def test_a_server_that_cannot_list_its_endpoints_is_loaded_anyway(tmp_path):
+    """The probe decides only when the listing answers: a token that may not list, or a proxy passing only
+    the endpoint's path, still gets its load (here: a websocket-only server, see Silent below)."""
+    sockets = bind_sockets(0, "127.0.0.1")
+    server = HTTPServer(Application([(r"/v1/ws", Echoing)]))
+    server.add_sockets(sockets)
+    try:
+        port = sockets[0].getsockname()[1]
         rc, out, err = await run_bench(
-            d.url, "--transport", "http", "--endpoint", "no_such", "--clients", "1,2", "--requests", "10",
-            "--duration", "5", "--warmup", "0",
+            f"ws://127.0.0.1:{port}", "--endpoint", "e", "--requests", "5", "--duration", "5", "--warmup", "0",
+            "--json",
         )  # fmt: skip
-    assert rc == 1
-    assert "unknown_endpoint" in out  # the table is still printed
-    reasons = err.strip().splitlines()
-    assert [line.split(": all")[0] for line in reasons] == [
-        "servd bench: no request completed at 1 client",
-        "servd bench: no request completed at 2 clients",
-    ]
-    assert all(line.endswith("failed (unknown_endpoint 10)") for line in reasons)
+    finally:
+        server.stop()
+        await server.close_all_connections()
+    assert rc == 0, err
+    assert one_level(out)["completed"] == 5
+
+
+class Echoing(WebSocketHandler):
+    """A websocket-only server that completes each submit at once (no /v1/endpoints)."""
+
+    def on_message(self, message: str | bytes) -> None:
+        submit = json.loads(message)
+        self.write_message(json.dumps({"type": "completed", "id": submit["id"], "data": submit["data"]}))
 
 
 class Silent(WebSocketHandler):

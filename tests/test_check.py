@@ -259,3 +259,65 @@ endpoints:
     with pytest.raises(SpecError) as caught:
         load_checked(write(tmp_path, text))
     assert "endpoints.t.tensors: examples.stream:words is a generator" in str(caught.value)
+
+
+# -- options bind to the constructor (issue 24: `options: {dimm: 3}` passed check, then `servd run` failed) --
+
+MODEL_WITH_OPTIONS = """
+class Model:
+    def __init__(self, dim, scale=1.0, device="cpu"):
+        self.dim = dim
+
+    def __call__(self, x):
+        return x
+"""
+
+
+def test_an_option_the_constructor_does_not_take_is_named_with_those_it_does(tmp_path):
+    """`options: {dimm: 3}` is refused at the option's own line, with the accepted names and the likely
+    one, instead of passing the check and failing when `servd run` builds the model."""
+    name = module(tmp_path, MODEL_WITH_OPTIONS)
+    problem = only_problem(one_endpoint(tmp_path, f"{name}:Model", "    options:", "      dimm: 3"))
+    assert (problem.line, problem.path) == (6, "endpoints.e.options.dimm")
+    assert problem.message == f"{name}:Model takes no option 'dimm' (did you mean 'dim'?); it accepts dim, scale"
+
+
+def test_a_required_constructor_argument_left_out_of_options_is_named(tmp_path):
+    """A constructor argument without a default must come from options; its name is in the problem."""
+    name = module(tmp_path, MODEL_WITH_OPTIONS)
+    problem = only_problem(one_endpoint(tmp_path, f"{name}:Model", "    options: {scale: 2}"))
+    assert (problem.line, problem.path) == (5, "endpoints.e.options")
+    assert problem.message == f"{name}:Model needs option 'dim' (it has no default); it accepts dim, scale"
+
+
+def test_options_that_bind_pass_and_device_comes_from_the_device_key(tmp_path):
+    """Options the constructor takes pass (servd adds `device` itself); `device` inside options is refused
+    with the key that sets it, since servd would overwrite it."""
+    name = module(tmp_path, MODEL_WITH_OPTIONS)
+    assert load_checked(one_endpoint(tmp_path, f"{name}:Model", "    options: {dim: 3, scale: 2}")).spec
+    problem = only_problem(one_endpoint(tmp_path, f"{name}:Model", "    options: {dim: 3, device: cpu}"))
+    assert problem.path == "endpoints.e.options.device" and "the endpoint's `device` key" in problem.message
+
+
+def test_a_constructor_taking_keyword_arguments_accepts_any_option(tmp_path):
+    """`**kwargs` takes every name: nothing to refuse."""
+    name = module(tmp_path, "class Model:\n    def __init__(self, **kw):\n        pass\n\n    def __call__(self, x):\n"
+                            "        return x\n")  # fmt: skip
+    assert load_checked(one_endpoint(tmp_path, f"{name}:Model", "    options: {anything: 1}")).spec
+
+
+def test_options_for_a_function_entrypoint_are_refused_by_the_check(tmp_path):
+    """Only a class is constructed with options; a function with options is a problem at check time."""
+    name = module(tmp_path, "def fn(x):\n    return x\n")
+    problem = only_problem(one_endpoint(tmp_path, f"{name}:fn", "    options: {dim: 3}"))
+    assert problem.path == "endpoints.e.options" and "is a function; 'options' only apply" in problem.message
+
+
+def test_a_bad_option_is_reported_beside_a_schema_error(tmp_path):
+    """One pass: a schema error elsewhere in the endpoint doesn't hide a misspelt option."""
+    name = module(tmp_path, MODEL_WITH_OPTIONS)
+    path = one_endpoint(tmp_path, f"{name}:Model", "    options: {dimm: 3}", "    concurrency: 0")
+    assert [(p.line, p.path) for p in problems_of(path)] == [
+        (5, "endpoints.e.options.dimm"),
+        (6, "endpoints.e.concurrency"),
+    ]

@@ -163,6 +163,8 @@ async def _echo_load(client: WsClient, seconds: float) -> int:
 
 
 async def test_try_it_on_echo_shows_the_result_as_pretty_json(tmp_path, chromium):
+    """Data typed into echo's JSON editor and submitted comes back shown as indented JSON, with the batch it ran
+    in."""
     async with serve(tmp_path, CONFIG) as d, open_page(chromium, d.url + "/") as page:
         await open_endpoint(page, d, "echo")
         await send_json(page, {"hello": "console", "n": [1, 2]})
@@ -234,6 +236,8 @@ async def test_on_a_slow_endpoint_the_page_shows_its_rank_going_down_and_an_eta_
 
 
 async def test_streaming_partials_appear_in_order_then_the_result(tmp_path, chromium):
+    """On a generator endpoint each partial result appears in order while the request runs, with a progress
+    indication, then the final result."""
     async with serve(tmp_path, CONFIG) as d, open_page(chromium, d.url + "/") as page:
         await open_endpoint(page, d, "words")
         await send_json(page, {"text": "one two three four", "delay_s": 0.15})
@@ -248,6 +252,8 @@ async def test_streaming_partials_appear_in_order_then_the_result(tmp_path, chro
 
 
 async def test_cancel_ends_a_queued_request_which_never_runs(tmp_path, chromium):
+    """Cancel on a request waiting behind a running one shows it cancelled and enables Submit again; the model
+    never runs it (the log has one completed and one cancelled request)."""
     name = gate()
     async with serve(tmp_path, CONFIG) as d, open_page(chromium, d.url + "/") as page:
         client = await d.ws()
@@ -308,6 +314,8 @@ async def test_an_image_result_is_shown_as_the_image_and_closed_endpoints_can_be
 
 
 async def test_an_endpoint_added_to_servd_yaml_appears_without_reloading_the_page(tmp_path, chromium):
+    """An endpoint added to servd.yaml gets its row on the open overview, the reload is listed as applied with
+    what it added, and the generation reads 2, all without reloading the page."""
     async with serve(tmp_path, CONFIG) as d, open_page(chromium, d.url + "/") as page:
         await page.wait("document.querySelectorAll('tbody tr[data-endpoint]').length === 5", "five rows")
         await page.eval("window.sameDocument = true")
@@ -321,6 +329,8 @@ async def test_an_endpoint_added_to_servd_yaml_appears_without_reloading_the_pag
 
 
 async def test_a_rejected_reload_is_shown_with_its_file_line_col_problems(tmp_path, chromium):
+    """An invalid edit of servd.yaml is listed as a rejected reload with its file:line:col problem, and the
+    generation stays 1."""
     async with serve(tmp_path, CONFIG, expect_errors=True) as d, open_page(chromium, d.url + "/") as page:
         await page.wait("document.querySelectorAll('tbody tr[data-endpoint]').length === 5", "five rows")
         save_atomic(d.config_path, CONFIG.replace("concurrency: 4", "concurrency: -4", 1))
@@ -334,6 +344,12 @@ async def test_a_rejected_reload_is_shown_with_its_file_line_col_problems(tmp_pa
 # -- tokens -----------------------------------------------------------------------------------------
 
 TOKENS = CONFIG.replace("version: 1\n", "version: 1\nserver:\n  tokens_file: tokens.txt\n")
+# Run before the page's own scripts: every fetch and websocket the page opens, as it opens it.
+RECORD_CALLS = """window.servdCalls = [];
+const servdFetch = window.fetch;
+window.fetch = (...args) => { window.servdCalls.push(String(args[0])); return servdFetch(...args); };
+const ServdSocket = window.WebSocket;
+window.WebSocket = function (...args) { window.servdCalls.push(String(args[0])); return new ServdSocket(...args); };"""
 
 
 async def test_with_tokens_nothing_shows_before_a_token_is_given(tmp_path, chromium):
@@ -341,12 +357,16 @@ async def test_with_tokens_nothing_shows_before_a_token_is_given(tmp_path, chrom
     made); a wrong token is refused; the right one opens the console, is kept in this tab's
     sessionStorage, and never appears in an address; the websocket takes it too."""
     (tmp_path / "tokens.txt").write_text("console-token\n")
-    async with serve(tmp_path, TOKENS) as d, open_page(chromium, d.url + "/") as page:
-        await page.wait("!!document.querySelector('#token-form')", "the token form")
-        await asyncio.sleep(0.5)
+    async with serve(tmp_path, TOKENS) as d, open_page(chromium, "about:blank") as page:
+        await page.send("Page.addScriptToEvaluateOnNewDocument", {"source": RECORD_CALLS})
+        await page.goto(d.url + "/")
+        # The console's script has run to its end once the page has loaded and shows the form;
+        # from then on it waits for the person, so what it has asked for by now is all it asks.
+        await page.wait("document.readyState === 'complete' && !!document.querySelector('#token-form')", "the form")
+        assert await page.eval("window.servdCalls") == [], "nothing asked before a token"
         shown = await page.eval("document.body.innerText")
         assert "echo" not in shown and "classify" not in shown and "servd.yaml" not in shown
-        assert [u for u in page.requests if "/v1/" in u or "openapi" in u] == [], "nothing asked before a token"
+        assert "echo" not in await page.eval("document.documentElement.outerHTML"), "nor hidden in the page"
         await page.fill("#token", "wrong")
         await page.click("#token-form button")
         await page.wait("document.querySelector('#token-error')?.textContent.includes('refused')", "refused")
@@ -368,6 +388,8 @@ async def test_with_tokens_nothing_shows_before_a_token_is_given(tmp_path, chrom
 
 
 async def test_the_try_it_form_works_from_the_keyboard_and_every_control_has_a_label(tmp_path, chromium):
+    """Every visible control has a label; typing over the example, Tab to Submit and Enter sends the request and
+    shows its result, with no mouse."""
     async with serve(tmp_path, CONFIG) as d, open_page(chromium, d.url + "/") as page:
         await open_endpoint(page, d, "echo")
         unlabelled = await page.eval("""[...document.querySelectorAll('input, select, textarea, button')]
@@ -387,6 +409,8 @@ async def test_the_try_it_form_works_from_the_keyboard_and_every_control_has_a_l
 
 
 async def test_a_phone_width_screen_shows_everything_without_sideways_scrolling(tmp_path, chromium):
+    """At a phone's width (390 px) the overview, an endpoint's try-it page and its API page all fit without
+    scrolling sideways."""
     async with serve(tmp_path, CONFIG) as d, open_page(chromium, d.url + "/", viewport=(390, 844)) as page:
         await page.wait("document.querySelectorAll('tbody tr[data-endpoint]').length === 5", "five rows")
         overflow = "document.documentElement.scrollWidth - document.documentElement.clientWidth"
@@ -431,6 +455,8 @@ async def _busy_seconds(page: Page) -> float:
 
 
 async def test_the_api_page_has_copyable_curl_websocket_and_python_snippets(tmp_path, chromium):
+    """An endpoint's API tab shows curl, websocket and Python snippets that call it, each with a Copy button, and
+    the error codes it can answer with; an api_open: false endpoint gets only the websocket and Python ones."""
     async with serve(tmp_path, CONFIG) as d, open_page(chromium, d.url + "/") as page:
         await page.goto(f"{d.url}/#/endpoints/classify/api")
         await page.wait("document.querySelectorAll('.snippet').length === 4", "four snippets")
@@ -447,3 +473,74 @@ async def test_the_api_page_has_copyable_curl_websocket_and_python_snippets(tmp_
         await page.goto(f"{d.url}/#/endpoints/picture/api")
         await page.wait("document.querySelectorAll('.snippet').length === 2", "websocket and Python only")
         page.assert_clean(d.url)
+
+
+# -- the examples offered ---------------------------------------------------------------------------
+
+DECLARED = """
+version: 1
+endpoints:
+  simple:
+    entrypoint: examples.tensors:add_sub
+    batch: {max_size: 8, max_delay_ms: 2}
+    tensors:
+      inputs:
+        - {name: INPUT0, datatype: INT32, shape: [-1, 4]}
+        - {name: INPUT1, datatype: INT32, shape: [-1, 4]}
+      outputs:
+        - {name: OUTPUT0, datatype: INT32, shape: [-1, 4]}
+        - {name: OUTPUT1, datatype: INT32, shape: [-1, 4]}
+  chat:
+    entrypoint: examples.chat:ToyChat
+    batch: {max_size: 4, max_delay_ms: 2}
+    openai: {model: toy-chat}
+"""
+
+
+async def test_the_try_it_form_starts_from_an_example_that_runs_on_tensor_and_chat_endpoints(tmp_path, chromium):
+    """A tensor endpoint's form starts from ones of its declared shape and a chat endpoint's from a
+    messages list (never "hello", which they refuse or fail on); pressing Submit on either as it is
+    completes: the sums of the tensors, the chat's usage and finish_reason."""
+    async with serve(tmp_path, DECLARED) as d, open_page(chromium, d.url + "/") as page:
+        await open_endpoint(page, d, "simple")
+        editor = await page.eval("document.querySelector('.json-editor').value")
+        assert json.loads(editor) == {"INPUT0": [[1, 1, 1, 1]], "INPUT1": [[1, 1, 1, 1]]}
+        await page.click("form.try-it button[type=submit]")
+        await wait_state(page, "completed")
+        assert json.loads(await page.text(".run .result pre.json") or "null")["OUTPUT0"] == [[2, 2, 2, 2]]
+        await open_endpoint(page, d, "chat")
+        editor = await page.eval("document.querySelector('.json-editor').value")
+        assert json.loads(editor)["messages"][0]["role"] == "user"
+        await page.click("form.try-it button[type=submit]")
+        await wait_state(page, "completed")
+        assert json.loads(await page.text(".run .result pre.json") or "null")["finish_reason"] in ("stop", "length")
+        page.assert_clean(d.url)
+
+
+async def test_a_chat_endpoints_api_page_shows_the_openai_call_and_its_snippets_run(tmp_path, chromium, capsys):
+    """An endpoint with an openai: block: its API tab says it is an OpenAI chat model and leads with
+    a curl for /v1/chat/completions and an openai-client snippet; the body that curl sends gets a
+    chat.completion, the endpoint's own curl body runs too, and the Python snippet, run as it is
+    shown, prints the model's answer."""
+    async with serve(tmp_path, DECLARED) as d, open_page(chromium, d.url + "/") as page:
+        await page.goto(f"{d.url}/#/endpoints/chat/api")
+        await page.wait("document.querySelectorAll('.snippet').length === 6", "six snippets")
+        snippets = await page.eval(
+            "Object.fromEntries([...document.querySelectorAll('.snippet')]"
+            ".map(s => [s.querySelector('h3').textContent, s.querySelector('code').textContent]))"
+        )
+        page.assert_clean(d.url)
+        assert "OpenAI-compatible chat model" in (await page.text(".api") or "")
+        chat = snippets["curl, OpenAI chat completions"]
+        assert chat.startswith(f"curl -s {d.url}/v1/chat/completions")
+        assert (
+            'model="toy-chat"' in snippets["Python (openai)"]
+            and f'base_url="{d.url}/v1"' in snippets["Python (openai)"]
+        )
+        for curl, path in ((chat, "/v1/chat/completions"), (snippets["curl"], "/v1/endpoints/chat")):
+            body = json.loads(curl.split(" -d '", 1)[1].rstrip("'"))
+            reply = await d.http("POST", path, body)
+            assert reply.status == 200, (path, reply.body)
+        assert reply.json()["data"]["finish_reason"] in ("stop", "length")
+        await asyncio.to_thread(exec, snippets["Python (openai)"], {})
+    assert capsys.readouterr().out.strip(), "the model's answer printed"

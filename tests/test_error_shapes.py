@@ -1,7 +1,7 @@
 """One error shape, one table, every transport (the "foundations" issue, part B).
 
 Every HTTP error answer is `{"error": {"code", "message"}}` in compact JSON, with the status its
-code has in ErrorCode and in the README's table; a refusal before admission is that plain answer
+code has in ErrorCode and in the docs' error-code table; a refusal before admission is that plain answer
 over SSE too, and only what happens after admission arrives as an `event: error` carrying the
 request's id.
 """
@@ -22,7 +22,7 @@ from tests.harness import WAIT_S, Reply, serve
 from tests.test_http import CONFIG, SSE, hold_gate_and_queue_one, sse_events
 from tests.test_ws import GATE
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ERROR_CODES_PAGE = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "errors.md").read_text()
 
 
 def wire_error(reply: Reply) -> dict[str, Any]:
@@ -37,12 +37,12 @@ def wire_error(reply: Reply) -> dict[str, Any]:
 
 
 def readme_codes() -> dict[str, str]:
-    """code -> HTTP column of the README's error-code table."""
-    return dict(re.findall(r"^\| `([a-z_]+)` \| .* \| (\d{3}|—) \|$", README, re.M))
+    """code -> HTTP column of the error-code table (docs/reference/errors.md)."""
+    return dict(re.findall(r"^\| `([a-z_]+)` \| .* \| (\d{3}|—) \|$", ERROR_CODES_PAGE, re.M))
 
 
 def test_the_readme_table_lists_every_error_code_with_its_status():
-    """The README's table and ErrorCode hold the same codes, each with the same HTTP status
+    """The docs' error-code table and ErrorCode hold the same codes, each with the same HTTP status
     (`cancelled` is never sent over HTTP: —). Regression: `not_found` was sent but in neither."""
     expected = {code.word: "—" if code is ErrorCode.CANCELLED else str(code.http_status) for code in ErrorCode}
     assert readme_codes() == expected

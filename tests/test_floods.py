@@ -86,12 +86,13 @@ def affordable(wanted: int) -> int:
     return max(10, min(wanted, (soft - 300) // 2))
 
 
-async def served(d: Running, client: WsClient, tag: str, count: int = 20) -> None:
+async def served(d: Running, client: WsClient, tag: str, count: int = 20, over_http: bool = True) -> None:
     """`count` echo requests one after another over the websocket, and one over HTTP, all answered."""
     for i in range(count):
         await client.submit(f"{tag}-{i}", "echo", i, progress=False)
         assert (await client.terminal(f"{tag}-{i}"))["data"] == i
-    assert (await d.post("echo", tag)).json()["data"] == tag
+    if over_http:
+        assert (await d.post("echo", tag)).json()["data"] == tag
 
 
 # -- idle and half-open connections ------------------------------------------------------------
@@ -184,9 +185,11 @@ async def test_connections_that_never_finish_a_request_are_closed_in_bounded_tim
 # -- server.max_connections ----------------------------------------------------------------------
 
 
-async def test_at_max_connections_a_new_websocket_gets_503_until_some_close(tmp_path):
-    """With server.max_connections websockets open, the next upgrade is refused with HTTP 503 and an
-    unavailable error naming the setting; once two close, two new ones are accepted and served."""
+async def test_at_max_connections_a_new_connection_gets_503_until_some_close(tmp_path):
+    """With server.max_connections websockets open, the next upgrade, and an HTTP request too (every
+    connection holds a file descriptor, so HTTP ones count: issue 25), are refused with HTTP 503 and
+    an unavailable error naming the setting, counted in /metrics; once two close, two new ones are
+    accepted and served."""
     async with serve(tmp_path, CONFIG.format(max_connections=5)) as d:
         clients = [await d.ws() for _ in range(5)]
         with pytest.raises(HTTPClientError) as refused:
@@ -195,17 +198,21 @@ async def test_at_max_connections_a_new_websocket_gets_503_until_some_close(tmp_
         assert refused.value.response is not None
         error = json.loads(refused.value.response.body)["error"]
         assert error["code"] == "unavailable" and "server.max_connections=5" in error["message"]
-        assert (await d.post("echo", "http is not counted")).status == 200
+        http_refused = await d.post("echo", "http counts too")
+        assert http_refused.status == 503 and b"server.max_connections=5" in http_refused.body
+        metrics = d.daemon.metrics.render().decode()
+        assert 'servd_rejected_total{endpoint="",reason="unavailable"} 2.0' in metrics
         for client in clients[:2]:
             client.close()
         await eventually(lambda: len(d.daemon.connections) == 3, "two connections to close")
+        assert (await d.post("echo", "room again")).json()["data"] == "room again"
         for client in [await d.ws(), await d.ws()]:
-            await served(d, client, f"new-{id(client)}", count=1)
+            await served(d, client, f"new-{id(client)}", count=1, over_http=False)
         with pytest.raises(HTTPClientError) as again:
             await d.ws()
         assert again.value.code == 503
         for client in clients[2:]:
-            await served(d, client, f"old-{id(client)}", count=1)
+            await served(d, client, f"old-{id(client)}", count=1, over_http=False)
 
 
 RATE = """
@@ -316,7 +323,7 @@ async def test_no_open_files_warning_when_the_limit_is_enough(tmp_path):
 FLOOD = """\
 version: 1
 server:
-  max_connections: 50
+  max_connections: 1000
 endpoints:
   echo:
     entrypoint: examples.echo:echo
@@ -324,8 +331,8 @@ endpoints:
 
 
 def test_running_out_of_file_descriptors_neither_spins_nor_floods_the_log(tmp_path):
-    """`servd run` under a hard limit of 128 open files, flooded by 200 silent TCP connections (which
-    max_connections doesn't count): the daemon must not spin on accept() logging a traceback per loop
+    """`servd run` under a hard limit of 128 open files, flooded by 200 silent TCP connections (with
+    max_connections above what the limit allows): the daemon must not spin on accept() logging a traceback per loop
     iteration; once the flood goes it serves again. (Regression: tornado's accept handler raised
     EMFILE on every iteration while the listening socket stays readable.)"""
     limit = 128

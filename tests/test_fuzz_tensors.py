@@ -5,7 +5,10 @@ once (truncated, a header length past the body, byte sizes that don't match shap
 bytes left over, odd shapes and datatypes, junk). Each answer must be a result that is right or
 a clear refusal (400 with {"error": ...} on /v2, bad_request/invalid_input on the websocket),
 never a 500 or a dropped connection; a bystander is served throughout and nothing is logged as
-an error. Derandomized and bounded like test_fuzz (SERVD_FUZZ_EXAMPLES, SERVD_FUZZ_RANDOM).
+an error. The same parsers are also fuzzed as pure functions (frames.parse, declared.admit on
+servd's JSON, with shapes no array can have among them): a value or their own error type, never
+another exception (issue 25). Derandomized and bounded like test_fuzz (SERVD_FUZZ_EXAMPLES,
+SERVD_FUZZ_RANDOM).
 """
 
 from __future__ import annotations
@@ -15,11 +18,24 @@ import struct
 from typing import Any
 
 import numpy as np
+from hypothesis import given
 from hypothesis import strategies as st
 
 from servd.client._tensors import read_frame
+from servd.inputs import declared, tensors
+from servd.inputs.declared import TensorSpec, TensorsSpec
+from servd.protocols import frames
+from servd.protocols import ws_messages as protocol
 from tests.harness import WsClient, eventually, serve
-from tests.test_fuzz import EXAMPLES, Probed, bystander_is_unaffected, fuzz_settings, run_examples
+from tests.test_fuzz import (
+    EXAMPLES,
+    JSON_SCALARS,
+    JSON_VALUES,
+    Probed,
+    bystander_is_unaffected,
+    fuzz_settings,
+    run_examples,
+)
 
 CONFIG = """
 version: 1
@@ -171,3 +187,56 @@ async def test_broken_binary_frames_get_a_result_or_one_refusal_and_the_socket_s
         await run_examples(st.tuples(broken(), lengths), check, fuzz_settings(max(50, EXAMPLES // 2)))
         assert "bad_request" in seen, seen
         await bystander_is_unaffected(d, bystander)
+
+
+# -- the same parsers as pure functions: a value or the module's own error, nothing else -----------
+
+
+def frames_parse_or_refuse(payload: bytes) -> None:
+    """frames.parse: a Submit carrying a TensorInput, or ProtocolError (bad_request on the socket)."""
+    try:
+        submit = frames.parse(payload)
+    except protocol.ProtocolError as exc:
+        assert exc.message and "Traceback" not in exc.message
+        return
+    assert isinstance(submit.data, tensors.TensorInput)
+
+
+ODD_SHAPES = st.sampled_from([[0, 2**70], [2**70], [100_000_000], [300_000_000], [1] * 40, [2**31, 2**31, 4]])
+
+
+@fuzz_settings(max(100, EXAMPLES))
+@given(st.tuples(broken(), st.none() | st.integers(0, 600), ODD_SHAPES, st.sampled_from(DATATYPES)))
+def test_any_binary_frame_parses_or_is_a_protocol_error(example):
+    """Built-then-broken binary submits, some with a shape no array can have or a BYTES count the
+    frame can't hold (issue 25: [1e8] allocated 760 MB, [0, 2**70] raised ValueError): each is a
+    Submit or a ProtocolError, and a refusal allocates nothing (checked by the daemon tests)."""
+    (described, raw), length, odd, datatype = example
+    frames_parse_or_refuse(frame("f", described, raw, length))
+    odd_one = [{**described[0], "shape": odd, "datatype": datatype}, *described[1:]]
+    frames_parse_or_refuse(frame("f", odd_one, raw, None))
+
+
+SPEC = TensorsSpec(
+    inputs=(TensorSpec("x", "FP32", (-1, 2)), TensorSpec("s", "BYTES", (-1,))),
+    outputs=(TensorSpec("y", "FP32", (-1, 2)),),
+)
+NESTED = st.recursive(
+    JSON_SCALARS | st.sampled_from([2**64, -(2**63) - 1, 10**30, 1e308, "\udc80"]),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@fuzz_settings(max(100, EXAMPLES))
+@given(st.dictionaries(st.sampled_from(["x", "s", "z"]), NESTED | JSON_VALUES, max_size=3) | NESTED | JSON_VALUES)
+def test_any_servd_json_data_is_a_tensor_input_or_a_tensor_error(data):
+    """servd's own JSON for a tensor endpoint ({name: nested lists}) is admitted or refused with
+    TensorError (invalid_input), never another exception, whatever the nesting and values."""
+    for batched in (True, False):
+        try:
+            admitted = declared.admit(declared.Layout(SPEC, batched), data)
+        except tensors.TensorError as exc:
+            assert str(exc) and "Traceback" not in str(exc)
+            continue
+        assert set(admitted.arrays) == {"x", "s"} and admitted.rows >= 1

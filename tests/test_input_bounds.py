@@ -17,7 +17,8 @@ from typing import Any
 
 from servd.inputs import validation
 from servd.runners.entrypoints import Model
-from servd.runners.local import Job, execute
+from servd.runners.execution import execute
+from servd.runners.seam import Job
 from tests.harness import Running, WsClient, serve
 
 CONFIG = """

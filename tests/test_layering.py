@@ -1,9 +1,13 @@
-"""The module graph the README's layout section states, kept true (#11).
+"""The package layout the docs' Layout page states, kept true (#11, #24).
 
-Each server module sits in a layer; a module imports only from its own layer or lower ones, the
-graph has no cycle, the daemon knows no handler, the pure modules import nothing that runs
-(no tornado, no torch), and the client side imports nothing of the server. Imports are read from
-the source (type-only and function-level imports count too: they are dependencies all the same).
+servd's code is in packages by seam, each one layer. A package imports only from itself and the
+packages below it: no import runs upward between packages, the module graph has no cycle, the
+daemon knows no part of the web front, the pure packages import nothing that runs (no tornado,
+no torch), and the client side imports nothing of the server. Imports are read from the source
+(type-only and function-level imports count too: they are dependencies all the same).
+
+A reader who wants to know where something lives reads PACKAGES, lowest first; the docs' Layout
+page is tested against it (tests/test_docs_site.py).
 """
 
 from __future__ import annotations
@@ -20,48 +24,28 @@ from servd.daemon.reloader import SERVER_APPLIERS
 
 PACKAGE = Path(__file__).resolve().parent.parent / "servd"
 
-# Lowest first. Same-layer imports are allowed as long as they make no cycle.
-LAYERS: list[set[str]] = [
-    {  # values, rules and leaf services: nothing here knows of a running endpoint
-        "errors", "schema", "spec", "reload", "batching", "protocol", "request", "failures", "stats",
-        "yamledit", "tune_model", "tune_search", "tune_report", "tune_plot",
-        "compat", "logs", "systemd", "hostcheck", "auth", "gcpolicy", "devices", "entrypoints", "watch",
-        "metrics", "queue", "workers", "docs", "validation", "webguard", "admission", "openai_shapes",
-        "openapi", "tensors", "v2", "frames", "ray_runner", "ray_replica",
-    },
-    {"check", "instances"},
-    {"endpoint"},
-    {"daemon", "reloading", "snapshot", "live"},
-    {"handlers", "handlers.base", "handlers.http", "handlers.ops", "handlers.ws", "handlers.openai",
-     "handlers.console", "handlers.events", "handlers.v2"},
-    {"app", "listener"},
-    {"service"},
-    {"cli", "__main__", "tune", "tune_session", "tune_target"},  # tune drives a daemon from outside, like cli
-]  # fmt: skip
-CLIENT_SIDE = {"bench", "bench_report", "status"}  # plus servd.client.*: usable without the server's dependencies
-CLIENT_MAY_IMPORT = {"errors"}
-PURE = {
-    "tune_model",
-    "tune_search",
-    "errors",
-    "schema",
-    "spec",
-    "reload",
-    "batching",
-    "protocol",
-    "request",
-    "failures",
-    "stats",
-    "queue",
-    "admission",
-    "webguard",
-    "openai_shapes",
-    "openapi",
-    "tensors",
-    "v2",
-    "frames",
-}
+# Lowest first: each may import only from itself and the ones above it in this list.
+PACKAGES: list[tuple[str, str]] = [
+    ("errors", "the wire's error codes and the exception that carries one; every layer may raise them"),
+    ("client", "the Python client (websocket and HTTP): imports only errors, installs without the server"),
+    ("inputs", "what clients send, as values: strict JSON text, declared tensors, input_schema checks"),
+    ("config", "servd.yaml as typed values: the schema, the frozen spec, the reload plan, byte-preserving edits"),
+    ("obs", "observability: Prometheus metrics and structured logs"),
+    ("runners", "the Runner seam and where entrypoints run: the local thread pool, Ray replicas, devices"),
+    ("core", "a running endpoint, transport-neutral: requests, queue, admission, batching, typed events"),
+    ("protocols", "each wire protocol's shapes as pure functions: websocket messages, frames, v2, OpenAI, OpenAPI"),
+    ("daemon", "owns the running spec and endpoints: loading, reload, the file watcher, systemd, auth"),
+    ("web", "the Tornado front: the app, its listener, guards, the live feed, one handler module per protocol"),
+    ("service", "the composition root: builds the daemon, its web front and the listener, and wires them"),
+    ("tools", "commands that drive servd from outside: status, docs, bench, tune"),
+    ("cli", "the command line, the only place that exits"),
+]
+ORDER = [name for name, _ in PACKAGES] + ["__main__"]
+PURE = {"errors", "inputs", "config", "protocols"}  # values and rules: nothing here runs a loop or a model
 RUNTIME_LIBRARIES = {"tornado", "torch"}
+CLIENT_SIDE = {"client", "tools.bench", "tools.status"}  # usable without the server's deps
+CLIENT_MAY_IMPORT = {"errors", "client"}
+PURE_MODULES_ELSEWHERE = {"core.queue", "core.admission", "core.batching", "core.request", "core.events", "core.stats"}
 
 
 def _module_name(path: Path) -> str:
@@ -75,10 +59,14 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
     for node in ast.walk(ast.parse(path.read_text("utf-8"))):
         if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             if node.module == "servd":
-                ours |= {a.name if (PACKAGE / f"{a.name}.py").exists() or (PACKAGE / a.name).is_dir() else "servd"
-                         for a in node.names}  # fmt: skip
+                ours |= {a.name for a in node.names}
             elif node.module.startswith("servd."):
-                ours.add(node.module.removeprefix("servd."))
+                base = node.module.removeprefix("servd.")
+                for alias in node.names:  # `from servd.core import endpoint` names a module
+                    module = f"{base}.{alias.name}"
+                    is_module = (PACKAGE / f"{module.replace('.', '/')}.py").exists()
+                    is_package = (PACKAGE / module.replace(".", "/")).is_dir()
+                    ours.add(module if is_module or is_package else base)
             else:
                 theirs.add(node.module.split(".")[0])
         elif isinstance(node, ast.Import):
@@ -92,34 +80,61 @@ def _imports(path: Path) -> tuple[set[str], set[str]]:
 
 # The package itself is the public facade: it holds __version__ and imports lazily, so it is left out.
 GRAPH = {
-    name: (ours - {"servd"}, theirs)
+    name: (ours - {"servd", "__version__"}, theirs)
     for name, (ours, theirs) in ((_module_name(p), _imports(p)) for p in sorted(PACKAGE.rglob("*.py")))
     if name != "servd"
 }
-SERVER = {name for name in GRAPH if not name.startswith("client") and name not in CLIENT_SIDE}
 
 
-def _layer(name: str) -> int:
-    return next(i for i, layer in enumerate(LAYERS) if name in layer)
+def _package(module: str) -> str:
+    return module.split(".")[0]
 
 
-def test_every_server_module_has_a_layer():
-    """A new module must be placed in the graph (and the README's layout section) on purpose."""
-    placed = set().union(*LAYERS)
-    assert SERVER - placed == set(), "add these modules to LAYERS and to the README's module graph"
-    assert placed - SERVER == set(), "LAYERS names modules that no longer exist"
+def _is_client_side(module: str) -> bool:
+    return any(module == c or module.startswith(f"{c}.") for c in CLIENT_SIDE)
 
 
-@pytest.mark.parametrize("name", sorted(SERVER))
-def test_no_module_imports_upward(name):
+SERVER = {name for name in GRAPH if not _is_client_side(name)}
+
+
+def test_every_module_is_in_a_package_of_the_layout():
+    """A new top-level module or package must be placed in the layout (and the docs) on purpose."""
+    unplaced = {name for name in GRAPH if _package(name) not in ORDER}
+    assert unplaced == set(), "add these to PACKAGES and to the docs' Layout page"
+    assert {name for name, _ in PACKAGES} <= {_package(n) for n in GRAPH}, "PACKAGES names a package that is gone"
+
+
+@pytest.mark.parametrize("name", sorted(GRAPH))
+def test_no_import_runs_upward_between_packages(name):
+    """Each module imports only from its own package and the packages below it."""
     ours, _ = GRAPH[name]
-    upward = {dep for dep in ours - {name} if dep in SERVER and _layer(dep) > _layer(name)}
-    assert upward == set(), f"servd.{name} (layer {_layer(name)}) imports from a higher layer: {sorted(upward)}"
+    mine = ORDER.index(_package(name))
+    upward = {dep for dep in ours if _package(dep) in ORDER and ORDER.index(_package(dep)) > mine}
+    assert upward == set(), f"servd.{name} ({_package(name)}) imports from a higher package: {sorted(upward)}"
+
+
+def test_the_core_speaks_no_transport():
+    """The core emits typed events; no module of it builds or parses a protocol's wire text."""
+    for name, (ours, _) in GRAPH.items():
+        if _package(name) == "core":
+            assert {d for d in ours if _package(d) in ("protocols", "web")} == set(), name
+
+
+def test_no_runner_is_asked_its_type_outside_the_composition_root():
+    """The core and the daemon use the Runner seam (capabilities, liner, describe), never isinstance."""
+    for path in PACKAGE.rglob("*.py"):
+        if _package(_module_name(path)) in ("runners", "service"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
+                named = ast.unparse(node.args[1])
+                assert "Runner" not in named and "Replica" not in named, f"{path.name}: isinstance(..., {named})"
 
 
 def test_the_daemon_imports_no_part_of_the_web_front():
-    ours, _ = GRAPH["daemon"]
-    assert {d for d in ours if d.startswith("handlers") or d in ("app", "listener", "service")} == set()
+    for name, (ours, _) in GRAPH.items():
+        if _package(name) == "daemon":
+            assert {d for d in ours if _package(d) in ("web", "service", "cli")} == set(), name
 
 
 def test_the_module_graph_has_no_cycle():
@@ -142,16 +157,20 @@ def test_the_module_graph_has_no_cycle():
             visit(name, [name])
 
 
-@pytest.mark.parametrize("name", sorted(PURE))
+@pytest.mark.parametrize(
+    "name", sorted(n for n in GRAPH if _package(n) in PURE or n in PURE_MODULES_ELSEWHERE)
+)  # fmt: skip
 def test_pure_modules_import_nothing_that_runs(name):
+    """Values and rules are testable without a loop or a model: no tornado, no torch."""
     _, theirs = GRAPH[name]
     assert theirs & RUNTIME_LIBRARIES == set()
 
 
-@pytest.mark.parametrize("name", sorted(n for n in GRAPH if n.startswith("client") or n in CLIENT_SIDE))
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if _is_client_side(n)))
 def test_the_client_side_imports_nothing_of_the_server(name):
+    """The client, `servd bench` and `servd status` run from a client-only install."""
     ours, _ = GRAPH[name]
-    server = {d for d in ours if not d.startswith("client") and d not in CLIENT_SIDE | CLIENT_MAY_IMPORT}
+    server = {d for d in ours if not _is_client_side(d) and _package(d) not in CLIENT_MAY_IMPORT}
     assert server == set(), f"servd.{name} imports server modules {sorted(server)}"
 
 

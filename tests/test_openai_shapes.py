@@ -28,7 +28,8 @@ def test_the_entrypoint_gets_the_body_less_servds_fields_with_max_tokens_and_sto
         ([], None),
         ({"messages": MESSAGES}, "model"),
         ({"model": "m", "messages": "hi"}, "messages"),
-        ({"model": "m", "messages": [{"content": "no role"}]}, "messages"),
+        ({"model": "m", "messages": [{"content": "no role"}]}, "messages[0].role"),
+        ({"model": "m", "messages": ["hi"]}, "messages[0]"),
         ({"model": "m", "messages": MESSAGES, "n": 2}, "n"),
         ({"model": "m", "messages": MESSAGES, "max_tokens": 0}, "max_tokens"),
         ({"model": "m", "messages": MESSAGES, "stop": [""]}, "stop"),
@@ -42,6 +43,86 @@ def test_a_request_servd_cant_take_is_a_chat_error_naming_the_field(body, param)
     with pytest.raises(ChatError) as refused:
         parse_chat(body)
     assert refused.value.param == param
+
+
+def refused(**fields: object) -> ChatError:
+    with pytest.raises(ChatError) as caught:
+        parse_chat({"model": "m", "messages": MESSAGES, **fields})
+    return caught.value
+
+
+def test_a_role_openai_does_not_know_is_refused_naming_the_roles_it_does():
+    """role "wizard" is refused as OpenAI refuses it: "Invalid value", the supported roles, and
+    the message's path as param (issue 24: it was passed to the entrypoint)."""
+    error = refused(messages=[{"role": "user", "content": "hi"}, {"role": "wizard", "content": "hi"}])
+    assert error.param == "messages[1].role"
+    assert str(error).startswith("Invalid value: 'wizard'. Supported values are: 'system', 'assistant'")
+
+
+@pytest.mark.parametrize("role", ["system", "developer", "user", "tool", "assistant"])
+def test_a_message_without_content_is_refused_where_its_role_needs_content(role):
+    """A message without `content` is "Missing required parameter" for every role that needs it;
+    an assistant's needs none when it carries tool_calls."""
+    message = {"role": role, "tool_call_id": "call_1"} if role == "tool" else {"role": role}
+    error = refused(messages=[message])
+    assert (error.param, str(error)) == ("messages[0].content", "Missing required parameter: 'messages[0].content'.")
+    calls = [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+    assert parse_chat({"model": "m", "messages": [{"role": "assistant", "tool_calls": calls}]}).data["messages"]
+
+
+@pytest.mark.parametrize(
+    ("message", "param"),
+    [
+        ({"role": "user", "content": 3}, "messages[0].content"),
+        ({"role": "user", "content": None}, "messages[0].content"),
+        ({"role": "user", "content": []}, "messages[0].content"),
+        ({"role": "user", "content": [{"text": "no type"}]}, "messages[0].content"),
+        ({"role": "tool", "content": "42"}, "messages[0].tool_call_id"),
+        ({"role": "user", "content": "hi", "name": 7}, "messages[0].name"),
+    ],
+)
+def test_content_tool_call_id_and_name_must_have_openais_types(message, param):
+    """Content that is a number, null (for a user), an empty list or parts without a type, a tool
+    message without tool_call_id, a name that is not text: refused, naming the message's field."""
+    assert refused(messages=[message]).param == param
+
+
+def test_content_may_be_text_parts_and_an_assistants_may_be_null():
+    """What OpenAI accepts is accepted: content as a list of parts, an assistant's null content
+    beside tool_calls or function_call; the entrypoint gets the messages as sent."""
+    parts = [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:,"}}]
+    messages = [{"role": "user", "content": parts}, {"role": "assistant", "content": None, "tool_calls": []},
+                {"role": "assistant", "content": None, "function_call": {"name": "f", "arguments": ""}}]  # fmt: skip
+    assert parse_chat({"model": "m", "messages": messages}).data["messages"] == messages
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"top_p": 3}, "top_p", "decimal above maximum value. Expected a value <= 1, but got 3 instead."),
+        ({"top_p": -0.1}, "top_p", "decimal below minimum value. Expected a value >= 0"),
+        ({"top_p": "all"}, "top_p", "expected a number, but got a string instead"),
+        ({"temperature": 2.5}, "temperature", "Expected a value <= 2"),
+        ({"presence_penalty": -3}, "presence_penalty", "Expected a value >= -2"),
+        ({"frequency_penalty": 2.01}, "frequency_penalty", "Expected a value <= 2"),
+        ({"stop": [f"s{i}" for i in range(10)]}, "stop", "array too long. Expected an array with maximum length 4, "
+         "but got an array with length 10 instead."),
+        ({"logprobs": True}, "logprobs", "'logprobs' is not supported"),
+        ({"top_logprobs": 2}, "top_logprobs", "'top_logprobs' is not supported"),
+    ],
+)  # fmt: skip
+def test_values_openai_refuses_are_refused_in_its_words(fields, param, words):
+    """top_p above 1, ten stop strings, penalties outside [-2, 2]: OpenAI's message and param;
+    logprobs: true is refused rather than silently ignored (servd has no token log probabilities)."""
+    error = refused(**fields)
+    assert error.param == param and words in str(error), str(error)
+
+
+def test_the_bounds_themselves_and_logprobs_false_are_accepted():
+    """top_p 1, temperature 0, a penalty of -2, four stops and logprobs: false are all fine."""
+    chat = parse_chat({"model": "m", "messages": MESSAGES, "top_p": 1, "temperature": 0, "presence_penalty": -2,
+                       "stop": ["a", "b", "c", "d"], "logprobs": False, "top_logprobs": None})  # fmt: skip
+    assert chat.data["stop"] == ["a", "b", "c", "d"] and chat.data["top_p"] == 1 and chat.data["logprobs"] is False
 
 
 @pytest.mark.parametrize(

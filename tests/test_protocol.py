@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from servd.core.request import Completed, Failed
+from servd.core.events import STARTED, Completed, Estimation, Failed, Partial, Queued
 from servd.errors import ErrorCode
 from servd.protocols import ws_messages as protocol
 from servd.protocols.ws_messages import MAX_ID_CHARS, Cancel, ProtocolError, Submit, parse
@@ -128,29 +128,29 @@ def test_every_server_message_is_valid_json_with_its_id(request_id):
     """Whatever the id, each built message parses as JSON with the right type and the same id."""
     timing = protocol.timing(0.25, 1.5, 4)
     built = {
-        "queued": protocol.queued(request_id, 3, 10, 1.23456),
-        "estimation": protocol.estimation(request_id, 2, 9, None),
-        "started": protocol.started(request_id),
-        "partial": protocol.partial(request_id, '{"text": "one"}'),
+        "queued": protocol.progress(request_id, Queued(3, 10, 1.23456)),
+        "estimation": protocol.progress(request_id, Estimation(2, 9, None)),
+        "started": protocol.progress(request_id, STARTED),
+        "partial": protocol.progress(request_id, Partial('{"text": "one"}')),
         "completed": protocol.completed(request_id, "[1, 2]", timing),
         "error": protocol.error(request_id, ErrorCode.QUEUE_FULL, "queue.max_size=256 reached"),
     }
     for kind, text in built.items():
         message = json.loads(text)
-        assert message["type"] == kind == protocol.message_type(text)
+        assert message["type"] == kind
         assert message["id"] == request_id
 
 
 def test_queued_and_estimation_carry_rank_queue_size_and_eta():
     """queued/estimation: rank, queue_size and eta_s in seconds (null before any timing)."""
-    assert json.loads(protocol.queued("a", 3, 10, 1.23456)) == {
+    assert json.loads(protocol.progress("a", Queued(3, 10, 1.23456))) == {
         "type": "queued",
         "id": "a",
         "rank": 3,
         "queue_size": 10,
         "eta_s": 1.235,
     }
-    assert json.loads(protocol.estimation("a", 0, 1, None)) == {
+    assert json.loads(protocol.progress("a", Estimation(0, 1, None))) == {
         "type": "estimation",
         "id": "a",
         "rank": 0,
@@ -161,8 +161,8 @@ def test_queued_and_estimation_carry_rank_queue_size_and_eta():
 
 def test_started_and_partial_carry_their_fields():
     """started has only type and id; partial carries the data as given."""
-    assert json.loads(protocol.started(1)) == {"type": "started", "id": 1}
-    assert json.loads(protocol.partial(1, '{"text": "one two"}')) == {
+    assert json.loads(protocol.progress(1, STARTED)) == {"type": "started", "id": 1}
+    assert json.loads(protocol.progress(1, Partial('{"text": "one two"}'))) == {
         "type": "partial",
         "id": 1,
         "data": {"text": "one two"},

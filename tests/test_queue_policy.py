@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from servd.config.spec import QueueSpec
+from servd.core.events import Terminal
 from servd.core.queue import FairLevel, FifoLevel, RequestQueue
-from servd.core.request import Request, Terminal
+from servd.core.request import Request
 from servd.errors import ErrorCode, ServdError
 
 

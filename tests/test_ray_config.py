@@ -16,9 +16,9 @@ import pytest
 from servd.config.plan import plan
 from servd.config.schema import SpecError
 from servd.config.spec import ClusterSpec, EndpointSpec, parse
-from servd.runners.local import BatchResult, Outcome
-from servd.runners.ray import actor_options, unsatisfiable, wanted_replicas
+from servd.runners.ray_placement import actor_options, unsatisfiable, wanted_replicas
 from servd.runners.ray_replica import RemoteError, _sendable
+from servd.runners.seam import BatchResult, Outcome
 from tests.procs import REPO, env
 
 

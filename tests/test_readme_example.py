@@ -1,7 +1,7 @@
-"""The README's Python client example runs as written, against `make serve` and the shipped servd.yaml.
+"""The docs' Python client example runs as written, against `make serve` and the shipped servd.yaml.
 
-The code is read from README.md itself (the python block of "## Python client"), so the example
-can't rot. Only its port is changed: the daemon is started the README's way, `make serve PORT=0`,
+The code is read from the client's page itself (the first python block of docs/client.md), so the
+example can't rot. Only its port is changed: the daemon is started the docs' way, `make serve PORT=0`,
 and the port it took is read from its "listening" log event. make's install step is skipped
 (`-o`): the test's own environment is the install.
 """
@@ -23,16 +23,15 @@ from tests.harness import eventually_sync
 from tests.procs import REPO, WAIT_S, env, http, kill_group, listening_url
 from tests.test_makefile import make_env
 
-README = (REPO / "README.md").read_text("utf-8")
+CLIENT_PAGE = (REPO / "docs" / "client.md").read_text("utf-8")
 DEFAULT_PORT = "8700"
 
 pytestmark = pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 
 
 def client_example() -> str:
-    section = README.split("\n## Python client\n", 1)[1].split("\n## ", 1)[0]
-    match = re.search(r"^```python\n(.*?)^```$", section, re.S | re.M)
-    assert match, "README's Python client section has no python block"
+    match = re.search(r"^```python\n(.*?)^```$", CLIENT_PAGE, re.S | re.M)
+    assert match, "docs/client.md has no python block"
     return match.group(1)
 
 

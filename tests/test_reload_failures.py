@@ -95,7 +95,7 @@ async def assert_recorded_failed(d: Running, record: dict[str, Any], sock: socke
     [
         "servd.daemon.reloader.load_checked",  # loading the file, on the worker thread
         "servd.daemon.reloader.plan",  # diffing old and new
-        "servd.daemon.reloader.Reloading._load_changed_models",  # building the new models
+        "servd.daemon.reloader.Reloader._load_changed_models",  # building the new models
     ],
 )
 async def test_a_fault_before_anything_is_switched_changes_nothing(tmp_path, notify_socket, monkeypatch, target):

@@ -1,7 +1,8 @@
 """Declared tensors (issue 18): checking, stacking, splitting and bisection on row boundaries.
 
-The pure parts (servd/inputs/tensors.py, batching.fit_rows, workers.execute on a tensor Job) are tested
-as plain functions, without a loop; the rest through a real daemon on servd's own JSON API.
+The pure parts (servd/inputs/tensors.py and declared.py, runners/batch_rows.py, batching.fit_rows,
+local.execute on a tensor Job) are tested as plain functions, without a loop; the rest through a
+real daemon on servd's own JSON API.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ import numpy as np
 import pytest
 
 from examples.tensors import OomAboveRows, add_sub, fail_on_negative, wrong_rows
-from servd.config.spec import TensorSpec, TensorsSpec
 from servd.core import batching
-from servd.inputs import tensors
+from servd.inputs import declared, tensors
+from servd.inputs.declared import TensorSpec, TensorsSpec
+from servd.runners import batch_rows
 from servd.runners.entrypoints import Model
-from servd.runners.local import BatchContractError, Job, execute
+from servd.runners.execution import execute
+from servd.runners.seam import BatchContractError, Job
 from tests.harness import serve
 
 X = TensorSpec("x", "FP32", (-1, 3))
@@ -25,17 +28,17 @@ SIMPLE = TensorsSpec(
     outputs=(TensorSpec("OUTPUT0", "INT32", (-1, 16)), TensorSpec("OUTPUT1", "INT32", (-1, 16))),
 )
 DOUBLER = TensorsSpec(inputs=(X,), outputs=(TensorSpec("y", "FP32", (-1, 3)),))
-BATCHED = tensors.Layout(DOUBLER, batched=True)
+BATCHED = declared.Layout(DOUBLER, batched=True)
 
 
 def rows_of(count: int, start: float = 0.0) -> tensors.TensorInput:
     x = np.arange(start, start + 3 * count, dtype=np.float32).reshape(count, 3)
-    return tensors.admit(BATCHED, tensors.TensorInput({"x": x}, reply=lambda outputs: outputs))
+    return declared.admit(BATCHED, tensors.TensorInput({"x": x}, reply=lambda outputs: outputs))
 
 
-def problem(layout: tensors.Layout, data: object) -> str:
+def problem(layout: declared.Layout, data: object) -> str:
     with pytest.raises(tensors.TensorError) as caught:
-        tensors.admit(layout, data)
+        declared.admit(layout, data)
     return str(caught.value)
 
 
@@ -43,13 +46,15 @@ def problem(layout: tensors.Layout, data: object) -> str:
 
 
 def test_json_data_becomes_arrays_of_the_declared_datatype_with_its_rows():
-    checked = tensors.admit(tensors.Layout(SIMPLE, batched=True), {"INPUT0": [[1] * 16] * 3, "INPUT1": [[2] * 16] * 3})
+    checked = declared.admit(
+        declared.Layout(SIMPLE, batched=True), {"INPUT0": [[1] * 16] * 3, "INPUT1": [[2] * 16] * 3}
+    )
     assert checked.rows == 3
     assert checked.arrays["INPUT0"].dtype == np.int32 and checked.arrays["INPUT0"].shape == (3, 16)
 
 
 def test_a_single_input_may_be_sent_as_the_bare_nested_list():
-    assert tensors.admit(BATCHED, [[1, 2, 3]]).arrays["x"].tolist() == [[1.0, 2.0, 3.0]]
+    assert declared.admit(BATCHED, [[1, 2, 3]]).arrays["x"].tolist() == [[1.0, 2.0, 3.0]]
 
 
 @pytest.mark.parametrize(
@@ -70,13 +75,13 @@ def test_bad_json_inputs_are_refused_naming_the_tensor_and_what_was_expected(dat
 
 
 def test_floats_are_not_truncated_into_integer_tensors_and_integers_must_fit():
-    layout = tensors.Layout(TensorsSpec((TensorSpec("n", "UINT8", (-1,)),), (X,)), batched=True)
+    layout = declared.Layout(TensorsSpec((TensorSpec("n", "UINT8", (-1,)),), (X,)), batched=True)
     assert "integers" in problem(layout, {"n": [1.5]})
     assert "outside UINT8's range [0, 255]" in problem(layout, {"n": [256]})
 
 
 def test_a_missing_input_and_mismatched_rows_are_refused():
-    layout = tensors.Layout(SIMPLE, batched=True)
+    layout = declared.Layout(SIMPLE, batched=True)
     assert "input 'INPUT1' is missing" in problem(layout, {"INPUT0": [[1] * 16]})
     message = problem(layout, {"INPUT0": [[1] * 16], "INPUT1": [[1] * 16] * 2})
     assert "different numbers of rows" in message and "INPUT0 has 1, INPUT1 has 2" in message
@@ -100,8 +105,11 @@ def test_bytes_elements_round_trip_and_truncated_ones_are_refused():
     assert tensors.from_bytes("s", "BYTES", (3,), memoryview(raw)).tolist() == values.tolist()
     with pytest.raises(tensors.TensorError, match="past the end"):
         tensors.from_bytes("s", "BYTES", (3,), memoryview(raw[:-1]))
-    with pytest.raises(tensors.TensorError, match="ends after 3 of 4"):
+    with pytest.raises(tensors.TensorError, match=r"4 BYTES elements need at least 16 bytes .* is 15 bytes"):
         tensors.from_bytes("s", "BYTES", (4,), memoryview(raw))
+    long = tensors.to_bytes(np.array([b"abcdefghij"], dtype=object), "BYTES")
+    with pytest.raises(tensors.TensorError, match="ends after 1 of 2"):
+        tensors.from_bytes("s", "BYTES", (2,), memoryview(long))
     with pytest.raises(tensors.TensorError, match="left after"):
         tensors.from_bytes("s", "BYTES", (2,), memoryview(raw))
 
@@ -126,7 +134,7 @@ def test_requests_are_stacked_into_one_call_and_outputs_split_back_by_rows():
         return inputs["x"] * 2
 
     requests = [rows_of(1), rows_of(3, 100), rows_of(2, 200)]
-    outputs = tensors.run(doubler, requests, BATCHED, lambda arrays: arrays)
+    outputs = batch_rows.run(doubler, requests, BATCHED, lambda arrays: arrays)
     assert calls == [(6, 3)]
     assert [o["y"].shape for o in outputs] == [(1, 3), (3, 3), (2, 3)]
     for request, output in zip(requests, outputs, strict=True):
@@ -134,21 +142,21 @@ def test_requests_are_stacked_into_one_call_and_outputs_split_back_by_rows():
 
 
 def test_outputs_are_checked_against_the_declaration():
-    layout = tensors.Layout(SIMPLE, batched=True)
-    request = tensors.admit(layout, {"INPUT0": [[1] * 16], "INPUT1": [[2] * 16]})
-    assert tensors.run(add_sub, [request], layout, lambda a: a)[0]["OUTPUT0"].tolist() == [[3] * 16]
-    with pytest.raises(tensors.OutputMismatch, match="must return a dict"):
-        tensors.run(lambda a: a["INPUT0"], [request], layout, lambda a: a)
-    with pytest.raises(tensors.OutputMismatch, match="did not return output 'OUTPUT1'"):
-        tensors.run(lambda a: {"OUTPUT0": a["INPUT0"]}, [request], layout, lambda a: a)
-    with pytest.raises(tensors.OutputMismatch, match="output 'OUTPUT0' is FP64, declared INT32"):
-        tensors.run(lambda a: {"OUTPUT0": a["INPUT0"] * 0.5, "OUTPUT1": a["INPUT1"]}, [request], layout, lambda a: a)
-    with pytest.raises(tensors.OutputMismatch, match="1 rows for 2 input rows"):
-        tensors.run(wrong_rows, [rows_of(1), rows_of(1)], BATCHED, lambda a: a)
+    layout = declared.Layout(SIMPLE, batched=True)
+    request = declared.admit(layout, {"INPUT0": [[1] * 16], "INPUT1": [[2] * 16]})
+    assert batch_rows.run(add_sub, [request], layout, lambda a: a)[0]["OUTPUT0"].tolist() == [[3] * 16]
+    with pytest.raises(declared.OutputMismatch, match="must return a dict"):
+        batch_rows.run(lambda a: a["INPUT0"], [request], layout, lambda a: a)
+    with pytest.raises(declared.OutputMismatch, match="did not return output 'OUTPUT1'"):
+        batch_rows.run(lambda a: {"OUTPUT0": a["INPUT0"]}, [request], layout, lambda a: a)
+    with pytest.raises(declared.OutputMismatch, match="output 'OUTPUT0' is FP64, declared INT32"):
+        batch_rows.run(lambda a: {"OUTPUT0": a["INPUT0"] * 0.5, "OUTPUT1": a["INPUT1"]}, [request], layout, lambda a: a)
+    with pytest.raises(declared.OutputMismatch, match="1 rows for 2 input rows"):
+        batch_rows.run(wrong_rows, [rows_of(1), rows_of(1)], BATCHED, lambda a: a)
 
 
 def test_a_float64_result_for_an_fp32_output_is_cast():
-    outputs = tensors.run(lambda a: a["x"].astype(np.float64), [rows_of(2)], BATCHED, lambda a: a)
+    outputs = batch_rows.run(lambda a: a["x"].astype(np.float64), [rows_of(2)], BATCHED, lambda a: a)
     assert outputs[0]["y"].dtype == np.float32
 
 
@@ -161,9 +169,9 @@ def test_fit_rows_takes_leading_requests_up_to_max_rows():
 
 
 def test_a_failed_batch_is_halved_at_the_request_boundary_nearest_half_its_rows():
-    assert tensors.middle([rows_of(6), rows_of(1), rows_of(1), rows_of(1)]) == 1
-    assert tensors.middle([rows_of(1), rows_of(1), rows_of(1), rows_of(1)]) == 2
-    assert tensors.middle([rows_of(1), rows_of(1), rows_of(5)]) == 2
+    assert batch_rows.middle([rows_of(6), rows_of(1), rows_of(1), rows_of(1)]) == 1
+    assert batch_rows.middle([rows_of(1), rows_of(1), rows_of(1), rows_of(1)]) == 2
+    assert batch_rows.middle([rows_of(1), rows_of(1), rows_of(5)]) == 2
 
 
 # -- execution on a worker: isolation and OOM on row boundaries ---------------------------------
@@ -216,7 +224,7 @@ def test_a_broken_output_contract_fails_the_batch_without_bisection():
 
 
 def test_replies_encode_each_request_on_the_worker():
-    request = tensors.admit(BATCHED, {"x": [[1, 2, 3]]})
+    request = declared.admit(BATCHED, {"x": [[1, 2, 3]]})
     result = execute(tensor_job(lambda a: a["x"] + 1, [request]), lambda *_: None)
     assert result.outcomes[0].data_json == '{"y":[[2.0,3.0,4.0]]}'
 

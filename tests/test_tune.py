@@ -84,9 +84,11 @@ def test_finds_the_largest_batch_that_fits_in_memory_and_writes_it(tmp_path):
 
 
 def test_a_p99_goal_is_met_by_the_choice(tmp_path):
-    """10 ms + 2 ms an input: more load and larger batches serve more but wait longer. The choice keeps
-    p99 (at the client) under 60 ms, in the search and when measured again at the end."""
+    """10 ms + 2 ms an input, starting from batches of 1: more load and larger batches serve more but
+    wait longer. The choice keeps p99 (at the client) under 60 ms, in the search and when measured
+    again at the end (or, re-measured over the goal, gives way to the start and says so)."""
     config = CONFIG.replace("fixed_ms: 20, per_item_ms: 1, memory_items: 16", "fixed_ms: 10, per_item_ms: 2")
+    config = config.replace("max_size: 4 ", "max_size: 1 ")  # 2 gains 70%: the search always moves on
     done = tune(tmp_path, "--endpoint", "device", "--data", "1", "--p99-ms", "60", "--knobs", "max_size", "--json",
                 *FAST, config=config)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -96,13 +98,17 @@ def test_a_p99_goal_is_met_by_the_choice(tmp_path):
     assert any(p["latency_ms"]["p99"] > 60 for p in result["points"]), "the goal bound nothing"
     by_index = {p["index"]: p for p in result["points"]}
     kept = result["chosen_setting"] != by_index[result["start"]]["setting"]
-    if result["confirmed"] and kept:  # re-measured back to back, still under the goal
-        again = [by_index[i]["latency_ms"]["p99"] for i in result["confirmed"][1:3]]
-        assert sum(again) / 2 <= 60
+    assert result["confirmed"], "batches of 1 were beaten, so the choice was re-measured back to back"
+    again = sum(by_index[i]["latency_ms"]["p99"] for i in result["confirmed"][1:3]) / 2
+    gave_way = not kept and any("the start stays" in note for note in result["notes"])
+    assert again <= 60 or gave_way, "re-measured, the choice meets the goal, or it gave way to the start"
     assert (tmp_path / "servd.yaml").read_text() == config  # no --write: the file is as it was
 
 
 def test_text_output_has_the_table_the_gain_and_the_yaml_to_paste(tmp_path):
+    """Without --json, tune prints a table of every point measured (phase, setting, clients, req/s, p50, p99,
+    mean batch, errors), the chosen setting with its throughput, the gain measured back to back, and the YAML
+    to paste; without --write the file is left as it was."""
     done = tune(tmp_path, "--endpoint", "device", "--data", "1", "--max-throughput", "--knobs", "max_size",
                 "--max-batch", "8", *FAST)  # fmt: skip
     assert done.returncode == 0, done.stderr
@@ -117,6 +123,8 @@ def test_text_output_has_the_table_the_gain_and_the_yaml_to_paste(tmp_path):
 
 
 def test_a_sample_that_fails_input_schema_is_refused_before_anything_starts(tmp_path):
+    """A --data sample that fails the endpoint's input_schema is refused with the schema's complaint (exit 1)
+    before any daemon starts, and the file is left as it was."""
     config = CONFIG.replace("    batch:\n", "    input_schema: {type: integer, maximum: 9}\n    batch:\n")
     done = tune(tmp_path, "--endpoint", "device", "--data", "[1, 2]", "--max-throughput", "--write", *FAST,
                 config=config)  # fmt: skip
@@ -127,6 +135,8 @@ def test_a_sample_that_fails_input_schema_is_refused_before_anything_starts(tmp_
 
 
 def test_an_endpoint_that_fails_every_request_is_refused(tmp_path):
+    """An endpoint whose model fails on the sample is refused with the model's error (exit 1): tune needs one
+    that answers; the file is as it was and no scratch file is left."""
     config = CONFIG.replace("examples.costs:Device", "examples.costs:always_fails").replace(
         "    options: {fixed_ms: 20, per_item_ms: 1, memory_items: 16}\n", ""
     )
@@ -150,6 +160,8 @@ def test_a_p99_goal_that_no_setting_meets_writes_nothing(tmp_path):
 
 
 def test_bad_arguments_exit_2(tmp_path):
+    """A --plot that isn't .svg is a usage error (exit 2), and an endpoint the file doesn't have is named along
+    with those it has (exit 1)."""
     done = tune(tmp_path, "--endpoint", "device", "--data", "1", "--max-throughput", "--plot", "p.png")
     assert done.returncode == 2 and "--plot writes SVG" in done.stderr
     done = tune(tmp_path, "--endpoint", "nope", "--data", "1", "--max-throughput")
@@ -214,3 +226,30 @@ def test_interrupting_a_tune_stops_the_daemon_it_started(tmp_path):
     assert leftovers(tmp_path) == []
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_tune_runs_from_a_directory_holding_another_servd(tmp_path):
+    """Run from another clone (a `servd` folder in the current directory), `servd tune` still starts its own
+    daemon: it used `python -m servd run`, which imports the current directory's servd first and failed with
+    "cannot import name '__version__'" (#24). The model beside servd.yaml, in another directory, is found."""
+    clone = tmp_path / "servd"
+    clone.mkdir()
+    (clone / "__init__.py").write_text('"""an older servd, without __version__"""\n')
+    (clone / "__main__.py").write_text("from servd import __version__\n")
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "twice_for_tune.py").write_text("def twice(x):\n    return 2 * x\n")
+    (project / "servd.yaml").write_text("version: 1\nendpoints:\n  twice:\n    entrypoint: twice_for_tune:twice\n")
+    console = Path(sys.executable).with_name("servd")  # the command a user types, as pip installed it
+    command = [str(console)] if console.exists() else [sys.executable, "-c", CONSOLE_SCRIPT]
+    done = subprocess.run(
+        [*command, "tune", "project/servd.yaml", "--endpoint", "twice", "--data", "1", "--max-throughput",
+         "--knobs", "concurrency", "--max-concurrency", "2", "--clients", "1", "--json", *FAST],
+        cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=RUN_LIMIT_S, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["points"], "no point was measured"
+    assert "__version__" not in done.stderr
+
+
+CONSOLE_SCRIPT = "import sys; del sys.path[0]; from servd.cli import main; sys.argv[0] = 'servd'; sys.exit(main())"

@@ -102,6 +102,8 @@ def test_a_choice_that_the_back_to_back_re_measure_does_not_confirm_gives_way_to
 
 
 def test_no_setting_meeting_the_goal_chooses_nothing():
+    """A p99 goal of 1 ms on calls of 20 ms or more can't be met: tune chooses nothing and confirms nothing,
+    after trying the lightest load (one client) to be sure."""
     search = drive(Search(START, Goal(p99_s=0.001), Limits(max_points=20)), model(20, 1))
     assert search.chosen is None
     assert search.confirmed is None
@@ -152,24 +154,32 @@ def test_fewer_instances_win_when_they_share_one_device():
 
 
 def test_the_delay_is_not_tried_with_one_slot_that_never_waits():
+    """With one slot and batch.wait: when_busy a batch never waits for company, so batch.max_delay_ms is not
+    tried, and tune says why."""
     search = drive(Search(START, Goal(), Limits(knobs=frozenset({"max_delay_ms"}))), model(20, 1))
     assert {p.setting.max_delay_ms for p in search.points} == {5.0}
     assert any("ever waits for company" in note for note in search.notes)
 
 
 def test_the_delay_is_tried_around_the_measured_call_time():
+    """With two slots, batch.max_delay_ms is tried at 0, half and all of a call's measured time (a call of 8
+    inputs: 28 ms), besides the start's 5 ms."""
     start = Setting(concurrency=2, max_size=8, max_delay_ms=5.0)
     search = drive(Search(start, Goal(), Limits(knobs=frozenset({"max_delay_ms"}))), model(20, 1, parallel=2))
     assert {p.setting.max_delay_ms for p in search.points} == {0.0, 5.0, 14.0, 28.0}  # a call of 8: 28 ms
 
 
 def test_the_search_stays_within_max_points():
+    """--max-points 6 caps the points measured at 6, and tune notes that the limit cut the search short."""
     search = drive(Search(START, Goal(), Limits(max_points=6)), model(20, 1, parallel=4))
     assert len(search.points) <= 6
     assert any("--max-points" in note for note in search.notes)
 
 
 def test_the_pareto_front_holds_the_points_nothing_beats_on_both():
+    """The plot's front holds the points no other beats on both throughput and p99; a point with errors is never
+    on it, however fast."""
+
     def point(index: int, throughput: float, p99_ms: float, errors: int = 0) -> Point:
         measure = Measure(throughput, p99_ms / 2e3, p99_ms / 1e3, 10, errors={"timeout": errors} if errors else {})
         return Point(index, Trial(START, 1, "start"), measure, oom=False)

@@ -113,6 +113,9 @@ def typed_arrays(rows: int) -> dict[str, np.ndarray]:
 
 
 async def test_server_and_model_metadata_and_readiness_through_the_official_client(tmp_path):
+    """tritonclient.http finds servd live and ready, named servd with the binary_tensor_data extension; each
+    endpoint is a model of version 1 whose metadata and config show its declared tensors and batching
+    (max_batch_size, the queue delay), and an endpoint without tensors takes one BYTES input, data."""
     async with serve(tmp_path, CONFIG) as d:
 
         def ask(client: httpclient.InferenceServerClient) -> dict[str, Any]:
@@ -148,6 +151,8 @@ async def test_server_and_model_metadata_and_readiness_through_the_official_clie
 
 
 async def test_unknown_models_and_versions_are_404_in_the_protocols_error_shape(tmp_path):
+    """A model or version that isn't served (metadata, readiness, infer) is a 404 the client raises with a
+    message naming it, in the v2 error shape {"error": "..."}."""
     async with serve(tmp_path, CONFIG) as d:
 
         def ask(client: httpclient.InferenceServerClient) -> list[InferenceServerException]:
@@ -176,6 +181,8 @@ async def test_unknown_models_and_versions_are_404_in_the_protocols_error_shape(
 @pytest.mark.parametrize("binary_in", [True, False], ids=["binary-in", "json-in"])
 @pytest.mark.parametrize("binary_out", [True, False], ids=["binary-out", "json-out"])
 async def test_every_datatype_round_trips_with_several_rows_per_request(tmp_path, binary_in, binary_out):
+    """FP32, FP16, INT64, BOOL and BYTES tensors of three rows come back as sent, in binary or JSON each way
+    (BYTES as text in JSON), and only the outputs asked for are returned."""
     arrays = typed_arrays(3)
     async with serve(tmp_path, CONFIG) as d:
 
@@ -197,6 +204,8 @@ async def test_every_datatype_round_trips_with_several_rows_per_request(tmp_path
 
 
 async def test_simple_with_request_id_parameters_and_all_outputs_binary_by_default(tmp_path):
+    """Triton's simple model answers with the sums and differences, echoing the request's id and parameters, and
+    with every output in binary when none is asked for otherwise."""
     async with serve(tmp_path, CONFIG) as d:
 
         def infer(client: httpclient.InferenceServerClient) -> httpclient.InferResult:
@@ -213,6 +222,8 @@ async def test_simple_with_request_id_parameters_and_all_outputs_binary_by_defau
 
 
 async def test_bad_shape_and_datatype_are_400_naming_the_tensor(tmp_path):
+    """A wrong shape, a wrong datatype, more rows than batch.max_size and an unknown requested output are each a
+    400 whose message names the tensor and what was declared; the server serves on."""
     async with serve(tmp_path, CONFIG) as d:
 
         def infer(client: httpclient.InferenceServerClient) -> list[InferenceServerException]:
@@ -243,6 +254,8 @@ async def test_bad_shape_and_datatype_are_400_naming_the_tensor(tmp_path):
 
 
 async def test_an_endpoint_without_tensors_takes_and_returns_json_as_bytes(tmp_path):
+    """A JSON endpoint is a v2 model too: the client sends JSON text in the BYTES input data and gets the result
+    back the same way; any other input is a 400 that says to send data."""
     async with serve(tmp_path, CONFIG) as d:
 
         def infer(client: httpclient.InferenceServerClient) -> np.ndarray:
@@ -259,6 +272,8 @@ async def test_an_endpoint_without_tensors_takes_and_returns_json_as_bytes(tmp_p
 
 
 async def test_the_asyncio_client_infers_and_reads_statistics(tmp_path):
+    """tritonclient.http.aio runs five inferences at once, each with the right answer, and the model's statistics
+    count five inferences, their executions and compute time."""
     async with serve(tmp_path, CONFIG) as d:
         client = aioclient.InferenceServerClient(url=f"127.0.0.1:{d.port}")
         try:
@@ -291,6 +306,8 @@ def held_body(**parameters: Any) -> dict[str, Any]:
 
 
 async def test_queue_full_is_503_with_retry_after_and_timeout_and_priority_map_onto_servds(tmp_path):
+    """servd's queue speaks v2: a full queue is a 503 with Retry-After, a priority beyond queue.priority_levels a
+    400, and the v2 timeout parameter (microseconds) is servd's deadline, a 504 when it passes."""
     async with serve(tmp_path, CONFIG) as d:
         with HOLD.shut():
             running = asyncio.ensure_future(d.http("POST", "/v2/models/held/infer", held_body()))
@@ -350,6 +367,9 @@ JSON_SIMPLE = {
     ],
 )
 async def test_malformed_binary_bodies_get_a_clear_400_and_harm_nothing(tmp_path, header, data, length, words):
+    """Binary bodies no client would build (cut short, a wrong or non-numeric header length, sizes that disagree
+    with the shape, bytes left over, absurd shapes, unknown datatypes) get a 400 saying what is wrong, and the
+    next request is answered."""
     async with serve(tmp_path, CONFIG) as d:
         body, json_length = binary_body(header, data)
         headers = {"Inference-Header-Content-Length": str(json_length if length is None else length)}
@@ -361,6 +381,7 @@ async def test_malformed_binary_bodies_get_a_clear_400_and_harm_nothing(tmp_path
 
 
 async def test_a_body_over_max_message_bytes_is_413(tmp_path):
+    """A body larger than server.max_message_bytes is a 413 naming the setting."""
     async with serve(tmp_path, CONFIG) as d:
         reply = await d.http("POST", "/v2/models/simple/infer", raw=b"x" * 70000)
     assert reply.status == 413 and "server.max_message_bytes=65536" in reply.json()["error"]
@@ -370,6 +391,8 @@ async def test_a_body_over_max_message_bytes_is_413(tmp_path):
 
 
 async def test_requests_under_load_are_batched_and_each_answer_matches_the_model_run_directly(tmp_path):
+    """120 requests of 1 to 3 rows each, 32 in flight, binary and JSON mixed, through a batched MLP: each answer
+    equals the model run directly on that request, and requests shared calls."""
     rng = np.random.default_rng(0)
     requests = [rng.uniform(-1, 1, (int(rng.integers(1, 4)), 256)).astype(np.float32) for _ in range(120)]
     model = MLPTensors("cpu")
@@ -398,15 +421,16 @@ async def test_requests_under_load_are_batched_and_each_answer_matches_the_model
     assert stats.batches < len(requests), "requests were stacked into shared calls"
 
 
-# -- the README's example ------------------------------------------------------------------------
+# -- the docs' examples -------------------------------------------------------------------------
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def readme_block(heading: str) -> str:
-    section = (ROOT / "README.md").read_text("utf-8").split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
+def readme_block(page: str, heading: str) -> str:
+    """The python block under `heading` of docs/`page`."""
+    section = (ROOT / "docs" / page).read_text("utf-8").split(f"\n{heading}\n", 1)[1].split("\n#", 1)[0]
     match = re.search(r"^```python\n(.*?)^```$", section, re.S | re.M)
-    assert match, f"README's {heading} has no python block"
+    assert match, f"docs/{page}'s {heading} has no python block"
     return match.group(1)
 
 
@@ -418,14 +442,18 @@ def shipped_simple_endpoint() -> str:
 
 
 async def test_the_readmes_tritonclient_example_runs_against_the_shipped_simple_endpoint(tmp_path, capsys):
-    code = readme_block("### The v2 HTTP API")
+    """The docs' tritonclient example runs as written against the simple endpoint of the default servd.yaml and
+    prints what the docs say."""
+    code = readme_block("protocols/v2.md", "## Using tritonclient")
     async with serve(tmp_path, shipped_simple_endpoint()) as d:
         await asyncio.to_thread(exec, code.replace("127.0.0.1:8700", f"127.0.0.1:{d.port}"), {})
     assert capsys.readouterr().out.split() == ["r1", "1"]
 
 
 async def test_the_readmes_numpy_client_example_runs(tmp_path, capsys):
-    code = readme_block("### Binary frames on servd's websocket")
+    """The docs' binary-frames example (numpy arrays over the websocket) runs as written and prints the shape the
+    docs show."""
+    code = readme_block("protocols/websocket.md", "## Binary frames")
     async with serve(tmp_path, shipped_simple_endpoint()) as d:
         await asyncio.to_thread(exec, code.replace("ws://127.0.0.1:8700", d.ws_url), {})
     assert capsys.readouterr().out.strip() == "(3, 16)"

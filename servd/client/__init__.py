@@ -10,7 +10,7 @@
 
 One multiplexed websocket per client object (`transport="http"` uses POST and server-sent
 events instead). Needs only tornado besides the standard library: no torch, and none of the
-daemon's modules but servd.errors (see README "Python client" for a light install).
+daemon's modules but servd.errors (see docs/client.md for a light install).
 """
 
 from __future__ import annotations

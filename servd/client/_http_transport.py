@@ -18,6 +18,11 @@ from servd.client.errors import Cancelled, ConnectFailed, ConnectionLost, QueueF
 from servd.client.job import AsyncJob
 
 
+def request_body(data_json: str, fields: str = "") -> bytes:
+    """A POST /v1/endpoints/{name} body; `data_json` is the data as JSON text, `fields` more members or ""."""
+    return f'{{"data":{data_json}{fields}}}'.encode()
+
+
 class HttpTransport:
     def __init__(self, target: Target, headers: dict[str, str], connect_timeout: float) -> None:
         self.target = target
@@ -27,7 +32,7 @@ class HttpTransport:
 
     async def submit(self, job: AsyncJob, data_json: str, fields: str = "", *, events: bool) -> None:
         """Start the request; `fields` are more body members as JSON text (`,"priority":1`), or ""."""
-        task = asyncio.ensure_future(self._run(job, f'{{"data":{data_json}{fields}}}'.encode(), events))
+        task = asyncio.ensure_future(self._run(job, request_body(data_json, fields), events))
         job.transport_state = task
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)

@@ -1,4 +1,4 @@
-"""numpy arrays over servd's binary websocket frames (the README's "Binary frames"), client side.
+"""numpy arrays over servd's binary websocket frames (docs/protocols/websocket.md, "Binary frames"), client side.
 
 A dict of name -> numpy array sent to an endpoint with `tensors:` goes as one binary frame and
 its result comes back as a dict of name -> array. numpy is imported only when arrays are sent

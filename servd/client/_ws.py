@@ -32,6 +32,11 @@ TERMINAL = ("completed", "error")
 MAX_MESSAGE_BYTES = 1 << 30  # what we accept from the server; servd's own limit is on what it accepts
 
 
+def submit_text(request_id: int, endpoint: str, data_json: str, fields: str = "") -> str:
+    """A submit message; `data_json` is the data as JSON text, `fields` more members (`,"priority":1`) or ""."""
+    return f'{{"type":"submit","id":{request_id},"endpoint":{json.dumps(endpoint)},"data":{data_json}{fields}}}'
+
+
 class Socket:
     """One open websocket and the jobs in flight on it."""
 
@@ -51,8 +56,7 @@ class Socket:
         job.id = request_id = next(self.ids)
         self.jobs[request_id] = job
         self.unanswered.append(job)
-        text = f'{{"type":"submit","id":{request_id},"endpoint":{json.dumps(job.endpoint)},"data":{data_json}{fields}}}'
-        await self._write(text)
+        await self._write(submit_text(request_id, job.endpoint, data_json, fields))
 
     async def submit_arrays(self, job: AsyncJob, arrays: dict[str, Any], fields: str = "") -> None:
         """Send a dict of numpy arrays as one binary frame (an endpoint with tensors: takes it)."""

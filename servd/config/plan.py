@@ -56,7 +56,7 @@ def plan(old: Spec, new: Spec, stale_entrypoints: Set[str] = frozenset()) -> Pla
         elif before.model_key != spec.model_key or spec.entrypoint in stale_entrypoints:
             remodeled.append(spec)
         elif new.cluster.on_ray and before.replica_shape != spec.replica_shape:
-            remodeled.append(spec)  # replicas started or drained (ray_runner.replicas_for keeps equal ones)
+            remodeled.append(spec)  # replicas started or drained (RayRunner.replicas_for keeps equal ones)
         elif before != spec:
             retuned.append(spec)
     removed = tuple(name for name in old.endpoints if name not in new.endpoints)

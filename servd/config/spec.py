@@ -17,6 +17,7 @@ from typing import Any
 import jsonschema
 
 from servd.config.schema import Located, Problem, SpecError, parse_yaml, validate, with_defaults
+from servd.inputs.declared import TensorSpec, TensorsSpec  # what requests are checked against
 
 __all__ = [
     "BatchSpec",
@@ -30,8 +31,6 @@ __all__ = [
     "ServerSpec",
     "Spec",
     "SpecError",
-    "TensorSpec",
-    "TensorsSpec",
     "parse",
 ]
 
@@ -57,13 +56,14 @@ class ServerSpec:
     drain_timeout_s: float = 30.0
     torch_threads: int | None = None  # None = auto
     ping_interval_s: float = 20.0
+    body_timeout_s: float = 30.0  # headers to the end of an HTTP request's body
     console: bool = True  # the web console at / (handlers/console.py)
     log: LogSpec = field(default_factory=LogSpec)
 
 
 @dataclass(frozen=True)
 class ClusterSpec:
-    """Where models run: servd's own process (local) or a Ray cluster's actors (ray_runner.py)."""
+    """Where models run: servd's own process (local) or a Ray cluster's actors (runners.ray)."""
 
     engine: str = "local"  # local | ray
     address: str | None = None  # None = a private Ray instance on this machine; "auto"; host:port
@@ -102,24 +102,6 @@ class OpenAISpec:
     """The endpoint as an OpenAI-compatible chat model (handlers/openai.py)."""
 
     model: str  # the name clients pass as `model`
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One declared tensor: its name, v2 datatype and shape (-1 = any size)."""
-
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class TensorsSpec:
-    """The endpoint's declared tensors (tensors.py checks requests against them)."""
-
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-    as_: str = "numpy"  # numpy | torch: what the entrypoint is handed
 
 
 @dataclass(frozen=True)
@@ -319,6 +301,7 @@ def _freeze(data: dict[str, Any], file: Path, located: Located) -> Spec:
         drain_timeout_s=float(server["drain_timeout_s"]),
         torch_threads=None if torch_threads == "auto" else torch_threads,
         ping_interval_s=float(server["ping_interval_s"]),
+        body_timeout_s=float(server["body_timeout_s"]),
         console=server["console"],
         log=log,
     )

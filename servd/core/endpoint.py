@@ -2,10 +2,11 @@
 
 Loop thread only. Dispatch is event-driven: `_pump` runs when a request arrives, a batch ends,
 a slot opens or the batch-delay timer fires, and never otherwise. With every slot busy, short
-unbatched calls line up behind the running ones (`_line_up`) rather than wait for the loop.
+unbatched calls line up behind the running ones (core.lines) rather than wait for the loop.
 Every way a request can end (result, failure, cancel, timeout, drain) goes through `finish`, so
-the terminal-message count, the metrics and the request log line stay in step. Model instances live in `instances.py`,
-measurements in `stats.py`, and what /v1/endpoints shows in `snapshot.py`.
+the terminal-message count, the metrics and the request log line stay in step (core.endings).
+What a request is told on the way is a typed event (core.events); the endpoint never builds a
+transport's wire text. Model instances live in core.instances, measurements in core.stats.
 """
 
 from __future__ import annotations
@@ -13,55 +14,35 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from time import monotonic
 from typing import Any
 
 from tornado.ioloop import IOLoop
 
 from servd.config.spec import EndpointSpec
-from servd.core import admission, batching
-from servd.core.failures import clip, log_safely, safe_str
+from servd.core import admission, batching, endings
+from servd.core.events import STARTED, Estimation, Failed, Partial, Queued, Terminal
+from servd.core.failures import log_safely
 from servd.core.instances import Instance, Instances
+from servd.core.lines import Batch, Lines
 from servd.core.queue import RequestQueue
-from servd.core.request import Completed, Failed, Request, State, Terminal
+from servd.core.request import Request, State
 from servd.core.stats import Stats
 from servd.errors import ErrorCode, ServdError
-from servd.inputs import tensors
-from servd.inputs.validation import InputCheck, InvalidInput
+from servd.inputs import declared, tensors
+from servd.inputs.validation import InputCheck
 from servd.obs.metrics import EndpointSeries
-from servd.protocols import ws_messages as protocol
 from servd.runners.entrypoints import Model
-from servd.runners.local import (
-    BatchContractError,
+from servd.runners.seam import (
     BatchResult,
     CancelledBeforeStart,
     Job,
-    LocalRunner,
-    NotEncodable,
-    NotJSON,
     Outcome,
+    Replicas,
     Runner,
 )
 
 ESTIMATION_INTERVAL_S = 0.25  # at most 4 estimation messages a second per request
-LINE_UP_BUDGET_S = 0.001  # predicted run time lined up behind each running call, at most
-LINE_UP_MAX_DEPTH = 16  # requests lined up behind one call, at most, however short calls are
-LINE_UP_OVERDUE_S = 0.005  # a call running this long takes no more requests behind it (it may hang)
-COLLECT_INTERVAL_S = 0.002  # how long a lined-up call's result may wait for the loop to fetch it
-
-
-@dataclass(slots=True, eq=False)
-class Batch:
-    requests: list[Request]
-    instance: Instance
-    started_at: float
-    size: int = 0  # requests, or rows on a stacked tensor endpoint: what batch.max_size counts
-    job: Job | None = None
-    line: deque[Batch] = field(default_factory=deque)  # this batch and those lined up with it, in order
-
-    def is_wanted(self) -> bool:
-        return any(r.state is not State.DONE for r in self.requests)
 
 
 class Endpoint:
@@ -81,11 +62,7 @@ class Endpoint:
         self._batches: set[Batch] = set()
         self._wake: Any = None
         self._wake_at = 0.0
-        self._collect: Any = None
-        self._lines = runner if isinstance(runner, LocalRunner) else None  # a runner that lines calls up
-        self._lines_open: dict[int, deque[Batch]] = {}  # by id: each running call and those behind it
-        self._lined = 0  # requests lined up now, behind a running call
-        self._line_depth = 0  # how many may be, behind each (_judge_line_depth)
+        self.lines = Lines(runner.liner() if runner.capabilities.lines_up else None, loop)
         self._pump_pending = False
         self._broadcast: Any = None
         self._last_broadcast = 0.0
@@ -102,7 +79,7 @@ class Endpoint:
         limits = self.spec.queue
         request.priority = admission.level_for(request.priority, request.highest_priority, limits, self.name)
         self._admission_check(request)
-        now = self.loop.time()
+        now = monotonic()
         due = admission.deadline(limits, request.deadline_s, now)
         eta = None
         if limits.admit == "predicted":  # the rank it would get, before it takes a place
@@ -114,12 +91,12 @@ class Endpoint:
         request.owner = self
         if due is not None:
             request.deadline = due
-            request.timer = self.loop.call_at(due, self._expire, request)
+            request.timer = self.loop.call_later(max(0.0, due - now), self._expire, request)
         request.last_rank = self.queue.push(request)
         self.metrics.admitted_at(request.priority)
         if request.progress:  # the ETA costs a little: only when someone is told it (and it is judged)
             request.eta_s = eta if eta is not None else self._eta(request.last_rank, now)
-            request.sink.send(request, protocol.queued(request.id, request.last_rank, len(self.queue), request.eta_s))
+            request.sink.send(request, Queued(request.last_rank, len(self.queue), request.eta_s))
         if self.queue.pushes_back_others(request.priority):
             self._schedule_broadcast()
         if self.spec.batch is not None and self.spec.batch.wait == "when_busy" and not self._batches:
@@ -150,10 +127,10 @@ class Endpoint:
             request.data = self._admit_tensors(self._layout, request.data)
         self.queue.check_room(request.client)
 
-    def _admit_tensors(self, layout: tensors.Layout, data: Any) -> tensors.TensorInput:
+    def _admit_tensors(self, layout: declared.Layout, data: Any) -> tensors.TensorInput:
         """Declared tensors, checked before anything is queued; a batched request's rows must fit a call."""
         try:
-            tensor = tensors.admit(layout, data)
+            tensor = declared.admit(layout, data)
         except tensors.TensorError as exc:
             raise ServdError(ErrorCode.INVALID_INPUT, str(exc)) from None
         if layout.batched and self.spec.batch is not None and tensor.rows > self.spec.batch.max_size:
@@ -187,21 +164,17 @@ class Endpoint:
 
     def _abandon_unwanted(self) -> None:
         """Calls still running for requests that all ended are stuck: free their threads' places."""
-        for batch in self._calls():
+        for batch in self.lines.calls():
             if batch.job is not None and not batch.job.abandoned and not batch.is_wanted():
                 self.runner.abandon(batch.job)
                 self.log.info(
                     "call abandoned", endpoint=self.name, device=batch.instance.model.device,
-                    running_s=round(self.loop.time() - batch.started_at, 3),
+                    running_s=round(monotonic() - batch.started_at, 3),
                 )  # fmt: skip
 
     def stuck_count(self) -> int:
         """Calls still running whose requests all ended (a timeout or cancel outlived by the model)."""
-        return sum(1 for b in self._calls() if not b.is_wanted())
-
-    def _calls(self) -> Iterator[Batch]:
-        """The batches that hold a thread: running, or next on theirs; not those lined up behind."""
-        return (line[0] for line in self._lines_open.values())
+        return sum(1 for b in self.lines.calls() if not b.is_wanted())
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -217,51 +190,26 @@ class Endpoint:
                 break
             self._launch(instance, self.queue.pop(count))
             dispatched = True
-        if self.queue and self._lined < self._line_depth * len(self._lines_open):
-            dispatched = self._line_up(self._line_depth) or dispatched
+        if self.queue and self.lines.have_room():
+            dispatched = self._line_up() or dispatched
         if dispatched:
             self._schedule_broadcast()
 
-    def _judge_line_depth(self) -> None:
-        """How many requests may wait behind each running call: LINE_UP_BUDGET_S of calls as
-        long as the recent ones, on an unbatched endpoint of the thread pool; 0: none. Judged
-        when a call is timed or the endpoint retuned, not on every arrival."""
-        expected = self.stats.batch_time_s
-        if self._lines is None or self.spec.batch is not None or expected is None:
-            self._line_depth = 0
-        else:
-            self._line_depth = min(LINE_UP_MAX_DEPTH, int(LINE_UP_BUDGET_S / max(expected, 1e-6)))
-
-    def _line_up(self, depth: int) -> bool:
+    def _line_up(self) -> bool:
         """Every slot is busy with short calls: line the next requests up behind the running ones
         (the shortest line first), so a worker goes from one call to the next without a round
         trip through the loop. They leave the queue in its order and are `started` from here; a
         call running for longer than LINE_UP_OVERDUE_S (slow, or hung) takes no more."""
-        due = self.loop.time() - LINE_UP_OVERDUE_S
-        lines = [
-            line for line in self._lines_open.values() if line[0].started_at > due and not line[0].instance.retired
-        ]
+        lines = self.lines.joinable()
         lined = False
         while self.queue and lines:
             line = min(lines, key=len)
-            if len(line) > depth:
+            if len(line) > self.lines.depth:
                 break
             self._launch(line[0].instance, self.queue.pop(1), line)
-            self._lined += 1
             self.stats.lined_up += 1
             lined = True
-        if lined and self._collect is None:
-            self._collect = self.loop.call_later(COLLECT_INTERVAL_S, self._collect_results)
         return lined
-
-    def _collect_results(self) -> None:
-        """Results of lined-up calls come back without waking the loop, the last of a line
-        excepted: fetch them at least every COLLECT_INTERVAL_S, in case that one is slow."""
-        self._collect = None
-        assert self._lines is not None  # armed only where lines are formed
-        self._lines.collect()
-        if self._collect is None and any(len(line) > 1 for line in self._lines_open.values()):
-            self._collect = self.loop.call_later(COLLECT_INTERVAL_S, self._collect_results)
 
     def _batch_count(self) -> int | None:
         if self.spec.batch is None:
@@ -271,7 +219,7 @@ class Endpoint:
             fitting, waiting, full = batching.fit_rows((r.data.rows for r in self.queue), self.working_batch_size)
             if full:
                 return fitting
-        now = self.loop.time()
+        now = monotonic()
         decision = batching.decide(
             waiting,
             self.working_batch_size,
@@ -293,28 +241,23 @@ class Endpoint:
         if self._wake is not None:
             self.loop.remove_timeout(self._wake)
         self._wake_at = when
-        self._wake = self.loop.call_at(when, self._on_wake)
+        self._wake = self.loop.call_later(max(0.0, when - monotonic()), self._on_wake)
 
     def _on_wake(self) -> None:
         self._wake = None
         self._pump()
 
     def _launch(self, instance: Instance, requests: list[Request], line: deque[Batch] | None = None) -> None:
-        now = self.loop.time()
+        now = monotonic()
         for request in requests:
             request.state = State.RUNNING
             request.started_at = now
             if request.progress:
-                request.sink.send(request, protocol.started(request.id))
+                request.sink.send(request, STARTED)
         layout = self._layout
         size = sum(r.data.rows for r in requests) if layout is not None and layout.batched else len(requests)
         batch = Batch(requests, instance, now, size)
-        before = line[-1].job if line else None
-        if line is not None:
-            batch.line = line
-        else:
-            self._lines_open[id(batch.line)] = batch.line
-        batch.line.append(batch)
+        before = self.lines.place(batch, line)
         instance.running += 1
         self._batches.add(batch)
         job = Job(
@@ -327,26 +270,18 @@ class Endpoint:
             tensors=layout,
         )
         batch.job = job
-        if before is not None and self._lines is not None:
-            self._lines.run_after(job, before)
-        else:
-            self.runner.run(job)
+        self.lines.start(job, before, self.runner.run)
 
     def _leave_line(self, batch: Batch) -> None:
         """`batch` returned: the next of its line (if any) now holds the thread."""
-        line = batch.line
-        line.remove(batch)
-        if not line:
-            del self._lines_open[id(line)]
-            return
-        self._lined -= 1  # the next one holds the thread now (or a lined-up one left)
-        if not line[0].is_wanted():  # ended while lined up, and its call may be running now
+        following = self.lines.leave(batch)
+        if following is not None and not following.is_wanted():  # ended while lined up; its call may run now
             self._abandon_unwanted()
 
     def _on_partial(self, batch: Batch, offset: int, texts: list[str]) -> None:
         for request, text in zip(batch.requests[offset:], texts, strict=False):
             if request.progress and request.state is State.RUNNING:
-                request.sink.send(request, protocol.partial(request.id, text))
+                request.sink.send(request, Partial(text))
 
     def _on_done(self, batch: Batch, result: BatchResult) -> None:
         if result.lost:
@@ -356,7 +291,7 @@ class Endpoint:
         size = batch.size
         if not any(isinstance(o.error, CancelledBeforeStart) for o in result.outcomes):
             self.stats.record_batch(result.run_s)
-            self._judge_line_depth()
+            self.lines.judge_depth(self.stats.batch_time_s, self.spec.batch is not None)
             self.metrics.batch_size.observe(size)
         if result.oom_sizes:
             self._lower_batch_size(min(result.oom_sizes))
@@ -371,30 +306,14 @@ class Endpoint:
         self._pump()
 
     def _end_with(self, request: Request, outcome: Outcome, run_s: float, size: int) -> None:
-        if outcome.error is None:
-            assert outcome.data_json is not None
-            queue_s = request.started_at - request.admitted_at
-            if outcome.batch_size:  # the call that produced it (failure isolation makes smaller ones)
-                run_s, size = outcome.run_s, outcome.batch_size
-            self.finish(request, Completed(outcome.data_json, queue_s, run_s, size, outcome.payload))
-        elif isinstance(outcome.error, InvalidInput):
-            self.finish(request, Failed(ErrorCode.INVALID_INPUT, str(outcome.error)))
-        elif request.state is not State.DONE:
-            self.finish(request, Failed(ErrorCode.ENDPOINT_FAILED, self._describe_failure(request, outcome.error)))
-
-    def _describe_failure(self, request: Request, exc: BaseException) -> str:
-        text = safe_str(exc)
-        if isinstance(exc, (BatchContractError, NotJSON)):
-            log_safely(self.log.error, "entrypoint broke its contract", endpoint=self.name, id=request.id, error=text)
-            return text
-        if isinstance(exc, NotEncodable):  # servd's limit, not the entrypoint's fault
-            log_safely(self.log.error, "servd could not encode a result", endpoint=self.name, id=request.id, error=text)
-            return f"servd could not encode the result of {self.spec.entrypoint} as JSON: {text}"
-        log_safely(self.log.error, "entrypoint raised", endpoint=self.name, id=request.id, exc_info=exc)
-        return f"{self.spec.entrypoint} raised {type(exc).__name__}: {clip(text)}"
+        if outcome.error is not None and request.state is State.DONE:
+            return  # ended while its call ran (cancel, timeout): the call's failure is no one's news
+        self.finish(
+            request, endings.terminal_for(request, outcome, run_s, size, self.name, self.spec.entrypoint, self.log)
+        )
 
     def requeue(self, batch: Batch, result: BatchResult) -> None:
-        """The replica running `batch` was lost (its process or node died; ray_runner.py): its
+        """The replica running `batch` was lost (its process or node died; runners.ray): its
         requests go back to the head of the queue, in order, to run on another replica. Once: a
         request lost a second time, or one that already streamed partials (it must not run
         twice), ends with `unavailable`."""
@@ -420,7 +339,7 @@ class Endpoint:
         self._pump()
 
     def slots_changed(self) -> None:
-        """A replica became reachable or was lost (ray_runner.py): dispatch and ETAs follow."""
+        """A replica became reachable or was lost (runners.ray): dispatch and ETAs follow."""
         self._schedule_broadcast()
         self._pump()
 
@@ -441,37 +360,12 @@ class Endpoint:
         if request.timer is not None:
             self.loop.remove_timeout(request.timer)
             request.timer = None
-        self.metrics.ended(terminal.outcome)
-        if isinstance(terminal, Completed):
-            self.stats.record_completed(terminal.queue_s, terminal.run_s)
-            self.metrics.waited(request.priority, terminal.queue_s)
-            self.metrics.run_seconds.observe(terminal.run_s)
-            if request.eta_s is not None:  # the estimator, judged: ETA given vs time it took
-                error = abs(self.loop.time() - request.admitted_at - request.eta_s)
-                self.stats.eta_errors.append(error)
-                self.metrics.eta_error.observe(error)
-            self.log.info(
-                "request", endpoint=self.name, id=request.id, outcome="completed",
-                queue_s=round(terminal.queue_s, 6), run_s=round(terminal.run_s, 6), batch_size=terminal.batch_size,
-            )  # fmt: skip
-        else:
-            self.stats.record_failed(terminal.outcome)
-            self._log_failed(request, terminal)
+        endings.record(request, terminal, self.name, self.stats, self.metrics, self.log)
         if self._idle_waiters and self.is_idle():
             for waiter in self._idle_waiters:
                 if not waiter.done():
                     waiter.set_result(None)
             self._idle_waiters.clear()
-
-    def _log_failed(self, request: Request, terminal: Failed) -> None:
-        now = self.loop.time()
-        started = request.started_at or now
-        self.log.info(
-            "request", endpoint=self.name, id=request.id, outcome=terminal.code.word,
-            queue_s=round(started - request.admitted_at, 6),
-            run_s=round(now - request.started_at, 6) if request.started_at else None,
-            batch_size=None, message=terminal.message,
-        )  # fmt: skip
 
     # -- estimation ------------------------------------------------------------------------
 
@@ -481,25 +375,29 @@ class Endpoint:
         expected = self.stats.batch_time_s or 0.0
         busy = [
             max(0.0, expected - (now - b.started_at)) + (len(b.line) - 1) * expected
-            for b in self._calls()
+            for b in self.lines.calls()
             if not b.instance.retired
         ]
         free = max(0, self.instances.live() * self.spec.concurrency - len(busy))
         return [0.0] * free + sorted(busy)
 
+    def replicas(self) -> Replicas | None:
+        """The runner's description of this endpoint's models (replica states on a cluster), or None."""
+        return self.runner.describe(self.spec, [i.model for i in self.instances.current])
+
     def eta_for_new(self) -> float | None:
-        return self._eta(len(self.queue), self.loop.time())
+        return self._eta(len(self.queue), monotonic())
 
     def _schedule_broadcast(self) -> None:
         if self._broadcast is not None or not self.queue:
             return
-        at = max(self.loop.time(), self._last_broadcast + ESTIMATION_INTERVAL_S)
-        self._broadcast = self.loop.call_at(at, self._send_estimations)
+        at = max(monotonic(), self._last_broadcast + ESTIMATION_INTERVAL_S)
+        self._broadcast = self.loop.call_later(max(0.0, at - monotonic()), self._send_estimations)
 
     def _send_estimations(self) -> None:
         """Tell every waiting request whose rank changed its new rank and ETA."""
         self._broadcast = None
-        now = self._last_broadcast = self.loop.time()
+        now = self._last_broadcast = monotonic()
         slots = self._slot_remaining(now)
         size = len(self.queue)
         for rank, request in enumerate(self.queue):
@@ -507,7 +405,7 @@ class Endpoint:
                 request.last_rank = rank
                 if request.progress:
                     eta = batching.eta(rank, self.working_batch_size, slots, self.stats.batch_time_s)
-                    request.sink.send(request, protocol.estimation(request.id, rank, size, eta))
+                    request.sink.send(request, Estimation(rank, size, eta))
 
     # -- models, retuning, draining ----------------------------------------------------------
 
@@ -529,7 +427,7 @@ class Endpoint:
         self._schedule_broadcast()  # a new order or levels re-sorted what waits
         self._validator = _validator(spec)
         self._layout = _layout(spec)
-        self._judge_line_depth()
+        self.lines.judge_depth(self.stats.batch_time_s, self.spec.batch is not None)
         self._pump()
 
     def running_count(self) -> int:
@@ -565,16 +463,16 @@ class Endpoint:
 
     def calls_running(self) -> int:
         """Calls running now, on current and retired models alike (requests ended or not)."""
-        return sum(1 for _ in self._calls())
+        return sum(1 for _ in self.lines.calls())
 
     def running_devices(self) -> list[str]:
         """The device of each call running now: what a shutdown that can't wait for them names."""
-        return [b.instance.model.device for b in self._calls()]
+        return [b.instance.model.device for b in self.lines.calls()]
 
 
 def _validator(spec: EndpointSpec) -> InputCheck | None:
     return None if spec.input_schema is None else InputCheck(spec.input_schema)
 
 
-def _layout(spec: EndpointSpec) -> tensors.Layout | None:
-    return None if spec.tensors is None else tensors.Layout(spec.tensors, spec.batch is not None)
+def _layout(spec: EndpointSpec) -> declared.Layout | None:
+    return None if spec.tensors is None else declared.Layout(spec.tensors, spec.batch is not None)

@@ -2,7 +2,7 @@
 
 Loop thread only. A reload that changes the model serves new batches from a new generation
 while the old one's running calls finish; each retired instance is closed (its `close()` on a
-worker thread) once it has nothing running. On a cluster (ray_runner.py) an instance is a
+worker thread) once it has nothing running. On a cluster (runners.ray) an instance is a
 replica, and only a reachable one takes batches: a lost or restarting replica has no slots.
 """
 

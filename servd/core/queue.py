@@ -1,6 +1,7 @@
 """One endpoint's waiting requests, in the order they will run: priority levels, then fifo or fair.
 
-Loop thread only; workers report back through IOLoop.add_callback and never touch a queue.
+Loop thread only; workers report back through the runner's wake-up of the loop (an eventfd,
+runners.pool) and never touch a queue.
 Only waiting requests live here: a request leaves the queue when its batch starts.
 
 The schedule is: every request of level 1 before any of level 2, and so on (Triton's priority

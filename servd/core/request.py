@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from servd.errors import ErrorCode
+from servd.core.events import Progress, Terminal
 
 
 class State(enum.Enum):
@@ -21,42 +21,11 @@ class State(enum.Enum):
     DONE = "done"
 
 
-@dataclass(slots=True, frozen=True)
-class Completed:
-    """A result: `data_json` is the entrypoint's return value, already JSON-encoded off the loop.
-
-    A tensor request whose transport sends something else (a v2 body, binary frames) gets it
-    encoded off the loop too, as `payload` (its `data_json` is then "null")."""
-
-    data_json: str
-    queue_s: float
-    run_s: float
-    batch_size: int
-    payload: Any = None
-
-    @property
-    def outcome(self) -> str:
-        return "completed"
-
-
-@dataclass(slots=True, frozen=True)
-class Failed:
-    code: ErrorCode
-    message: str
-
-    @property
-    def outcome(self) -> str:
-        return self.code.word
-
-
-Terminal = Completed | Failed
-
-
 class Sink(Protocol):
     """Where a request's messages go. Called on the loop thread; must not block."""
 
-    def send(self, request: Request, message: str) -> None:
-        """A progress message (queued, estimation, started, partial) as JSON text."""
+    def send(self, request: Request, event: Progress) -> None:
+        """A progress event (queued, estimation, started, partial); each transport encodes it its own way."""
 
     def end(self, request: Request, terminal: Terminal) -> None:
         """The request's one terminal outcome."""

@@ -26,20 +26,20 @@ from servd.core.request import Request
 from servd.daemon import auth, systemd
 from servd.daemon import hostwarnings as hostcheck
 from servd.daemon.loading import Checked
-from servd.daemon.reloader import Front, Reloading, digest
+from servd.daemon.reloader import Front, Reloader
 from servd.daemon.watch import ConfigWatcher
 from servd.errors import ErrorCode, ServdError
 from servd.obs import logs
 from servd.obs.metrics import Metrics
 from servd.runners import devices, entrypoints
 from servd.runners.entrypoints import Entrypoint, Model
-from servd.runners.local import LocalRunner, Runner
-from servd.web.snapshot import replica_counts
+from servd.runners.pool import LocalRunner
+from servd.runners.seam import ReplicaState, Runner
 
 CLOSE_TIMEOUT_S = 10.0
 
 
-class Daemon(Reloading):
+class Daemon:
     def __init__(
         self,
         checked: Checked,
@@ -49,7 +49,7 @@ class Daemon(Reloading):
         server_overrides: Mapping[str, Any] | None = None,
     ) -> None:
         self.server_overrides = dict(server_overrides or {})  # from the command line; applied to every load
-        spec = self._overridden(checked.spec)
+        spec = self.with_overrides(checked.spec)
         self.spec = spec
         self.loop = IOLoop.current()
         self.log_stream = log_stream
@@ -65,7 +65,8 @@ class Daemon(Reloading):
         self._ready = False
         self.shutting_down = False
         self.generation = 1
-        self.started_at = time.time()
+        self.started_at = time.time()  # a timestamp (OpenAI's `created`); uptime is measured on the monotonic clock
+        self._started_monotonic = time.monotonic()
         self.last_reload: dict[str, Any] | None = None
         self.reload_observers: list[Callable[[dict[str, Any]], None]] = []  # told of each recorded reload (live.py)
         self.restart_needed: list[str] = []
@@ -74,18 +75,16 @@ class Daemon(Reloading):
         self._checked: Checked | None = checked
         self._http_ids = itertools.count(1)
         self._watcher: ConfigWatcher | None = None
-        self._config_digest = digest(spec.path)
-        self._reload_task: asyncio.Future[None] | None = None
-        self._reload_again = False
-        self._background: set[asyncio.Future[None]] = set()
+        self.background: set[asyncio.Future[None]] = set()  # tasks the loop must keep (retiring endpoints)
+        self.reloader = Reloader(self)
         self.metrics.generation.set(self.generation)
         for endpoint_spec in spec.endpoints.values():
-            self._add_endpoint(endpoint_spec)
+            self.add_endpoint(endpoint_spec)
 
     def _make_runner(self, spec: Spec) -> Runner:
         """The thread pool, or with `cluster.engine: ray` the Ray runner (Ray imported only then)."""
         if not spec.cluster.on_ray:
-            return LocalRunner(spec.server.max_threads, self.loop)
+            return LocalRunner(spec.server.max_threads, self.loop, lambda: self.log)
         from servd.runners.ray import RayRunner
 
         runner = RayRunner(spec.cluster, self.loop, lambda: self.log)
@@ -102,30 +101,26 @@ class Daemon(Reloading):
         """Started, and on a cluster every endpoint has a live replica (what /readyz answers)."""
         if not self._ready:
             return False
-        return not self.spec.cluster.on_ray or all(e.instances.live() for e in self.endpoints.values())
+        return all(e.instances.live() for e in self.endpoints.values())
 
     @ready.setter
     def ready(self, value: bool) -> None:
         self._ready = value
 
     async def _connect_cluster(self) -> None:
-        """Join the Ray cluster (off the loop: it takes seconds)."""
-        from servd.runners.ray import RayRunner
-
-        runner = self.runner
-        if not isinstance(runner, RayRunner):
-            return
+        """Let the runner join what it runs on (a Ray cluster takes seconds; the pool, nothing)."""
         python_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         search = [str(self.spec.path.parent), os.getcwd(), *python_path]  # where replicas import entrypoints from
         started = time.perf_counter()
-        await self.loop.run_in_executor(None, runner.connect, search)
-        self.log.info(
-            "cluster joined",
-            address=self.spec.cluster.address or "private",
-            took_s=round(time.perf_counter() - started, 3),
-        )
+        await self.runner.prepare(search)
+        if self.runner.capabilities.replicas:
+            self.log.info(
+                "cluster joined",
+                address=self.spec.cluster.address or "private",
+                took_s=round(time.perf_counter() - started, 3),
+            )
 
-    def _overridden(self, spec: Spec) -> Spec:
+    def with_overrides(self, spec: Spec) -> Spec:
         if not self.server_overrides:
             return spec
         return dataclasses.replace(spec, server=dataclasses.replace(spec.server, **self.server_overrides))
@@ -148,36 +143,26 @@ class Daemon(Reloading):
             for endpoint in self.endpoints.values():
                 endpoint.end_all(ErrorCode.UNAVAILABLE, "the daemon failed to start")
             raise
-        self._apply_torch_threads(self.spec.server)
+        self.apply_torch_threads(self.spec.server)
         self._check_host()
         if watch:
-            self._watcher = ConfigWatcher(self.spec.path, self.loop, self._config_touched)
+            self._watcher = ConfigWatcher(self.spec.path, self.loop, self.reloader.config_touched)
             self._watcher.start()
         self.ready = True
         self.log.info("ready", endpoints=sorted(self.endpoints), version=__version__)
         systemd.ready(self.status_line())
 
     async def load_models(self, spec: EndpointSpec, entry: Entrypoint, placed: tuple[str, ...]) -> list[Model]:
-        """One model per device, built on a worker thread: constructors may load weights for minutes.
-        On a cluster: the endpoint's replicas (those already running with the same make kept)."""
-        from_cluster = getattr(self.runner, "replicas_for", None)
-        if from_cluster is not None:
-            endpoint = self.endpoints.get(spec.name)
-            running = [i.model for i in endpoint.instances.current] if endpoint is not None else []
-            replicas: list[Model] = await from_cluster(spec, entry, running)
-            self.log.info("replicas ready", endpoint=spec.name, replicas=len(replicas))
-            return replicas
-        models = []
-        for device in placed:
-            started = time.perf_counter()
-            model = await self.loop.run_in_executor(None, entry.instantiate, device, spec.options)
-            self.log.info(
-                "model loaded", endpoint=spec.name, device=device, load_s=round(time.perf_counter() - started, 3)
-            )
-            models.append(model)
+        """The endpoint's models, built by the runner: one per device, or on a cluster its replicas
+        (those already running with the same make kept)."""
+        endpoint = self.endpoints.get(spec.name)
+        running = [i.model for i in endpoint.instances.current] if endpoint is not None else []
+        models = await self.runner.load(spec, entry, placed, running)
+        if self.runner.capabilities.replicas:
+            self.log.info("replicas ready", endpoint=spec.name, replicas=len(models))
         return models
 
-    def _add_endpoint(self, spec: EndpointSpec) -> Endpoint:
+    def add_endpoint(self, spec: EndpointSpec) -> Endpoint:
         endpoint: Endpoint
 
         def queued() -> float:
@@ -194,7 +179,7 @@ class Daemon(Reloading):
 
         metrics = self.metrics.for_endpoint(spec.name, queued, running, batch, stuck)
         endpoint = Endpoint(spec, self.runner, metrics, self.log, self.loop)
-        if self.spec.cluster.on_ray:
+        if self.runner.capabilities.replicas:
             for state in ("wanted", "live", "pending", "dead"):
                 self.metrics.replicas.labels(spec.name, state).set_function(
                     functools.partial(_replicas, endpoint, state)
@@ -202,15 +187,28 @@ class Daemon(Reloading):
         self.endpoints[spec.name] = endpoint
         return endpoint
 
+    def raise_open_files_limit(self, server: ServerSpec) -> None:
+        _, warning = hostcheck.raise_open_files_limit(server.max_connections)
+        if warning:
+            self.log.warning("open files limit", detail=warning)
+
+    async def reload(self) -> None:
+        """Reload the config file now (daemon.reloader); returns when the pass is recorded."""
+        await self.reloader.reload()
+
+    def request_reload(self) -> None:
+        """SIGHUP: reload now, even if the file's content is unchanged (it may redeploy changed code)."""
+        self.reloader.request_reload()
+
     def _check_host(self) -> None:
-        self._raise_open_files_limit(self.spec.server)
+        self.raise_open_files_limit(self.spec.server)
         code_files = [entrypoints.module_file(e.entrypoint) for e in self.spec.endpoints.values()]
         code = [path for f in code_files if f is not None for path in (f, f.parent)]
         watched = [self.spec.path, self.spec.path.parent, *code]
         for warning in hostcheck.writable_by_others(watched):
             self.log.warning("insecure permissions", detail=warning)
 
-    def _apply_torch_threads(self, server: ServerSpec) -> None:
+    def apply_torch_threads(self, server: ServerSpec) -> None:
         cpu_calls = sum(
             e.spec.concurrency
             for e in self.endpoints.values()
@@ -296,7 +294,7 @@ class Daemon(Reloading):
             "generation": self.generation,
             "ready": self.ready,
             "shutting_down": self.shutting_down,
-            "uptime_s": round(time.time() - self.started_at, 3),
+            "uptime_s": round(time.monotonic() - self._started_monotonic, 3),
             "last_reload": self.last_reload,
             "restart_needed": self.restart_needed,
             "torch_threads_in_use": self.torch_threads,  # what server.torch_threads (or auto) resolved to
@@ -315,8 +313,14 @@ class Daemon(Reloading):
 
 
 def _replicas(endpoint: Endpoint, state: str) -> float:
-    counts = replica_counts(endpoint)
-    return counts[state] if counts is not None else 0.0
+    replicas = endpoint.replicas()
+    if replicas is None:
+        return 0.0
+    if state == "wanted":
+        return replicas.wanted
+    if state == "pending":
+        return replicas.pending
+    return replicas.count(ReplicaState(state))
 
 
 def _str_or_none(value: Any) -> str | None:

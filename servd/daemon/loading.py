@@ -47,6 +47,10 @@ def load_checked(path: str | os.PathLike[str], *, fresh_imports: bool = False) -
         except entrypoints.EntrypointError as exc:
             problems.append(spec.problem(f"endpoints.{name}.entrypoint", str(exc)))
             continue
+        try:
+            resolved[name].check_options(ep.options)
+        except entrypoints.OptionsError as exc:
+            problems.append(spec.problem(_options_key(spec.locations, name, exc.option), str(exc)))
         if ep.tensors is not None and resolved[name].streams:
             message = f"{ep.entrypoint} is a generator; an endpoint with tensors: must return its outputs, not yield"
             problems.append(spec.problem(f"endpoints.{name}.tensors", message))
@@ -59,11 +63,18 @@ def load_checked(path: str | os.PathLike[str], *, fresh_imports: bool = False) -
     return Checked(spec, MappingProxyType(resolved), MappingProxyType(placed))
 
 
+def _options_key(located: Mapping[str, object], name: str, option: str | None) -> str:
+    """Where an options problem points: the bad key itself, else `options` (absent: the entrypoint)."""
+    keys = [f"endpoints.{name}.options.{option}"] if option is not None else []
+    keys += [f"endpoints.{name}.options", f"endpoints.{name}.entrypoint"]
+    return next((key for key in keys if key in located), keys[-1])
+
+
 def _cluster_problems(spec: Spec) -> list[Problem]:
     """cluster.engine: ray needs Ray installed (an optional extra); the message names it."""
     if not spec.cluster.on_ray:
         return []
-    from servd.runners.ray import RayMissing, require_ray
+    from servd.runners.ray_placement import RayMissing, require_ray
 
     try:
         require_ray(spec.cluster)
@@ -79,7 +90,7 @@ def cluster_warnings(spec: Spec) -> list[str]:
     as `resources unsatisfiable`): a check must not need the cluster up."""
     if not spec.cluster.on_ray or spec.cluster.address is not None:
         return []
-    from servd.runners.ray import unsatisfiable
+    from servd.runners.ray_placement import unsatisfiable
 
     machine = {"CPU": float(os.cpu_count() or 1), "GPU": float(_gpu_count()), "memory": float(_memory_bytes())}
     warnings = []
@@ -130,9 +141,21 @@ def _endpoint_code_problems(
     if not isinstance(ref, str) or key in flagged:
         return []
     try:
-        entrypoints.resolve(ref, search_dir, fresh=fresh)
+        entry = entrypoints.resolve(ref, search_dir, fresh=fresh)
     except entrypoints.EntrypointError as exc:
         return [located.problem(("endpoints", name, "entrypoint"), str(exc))]
+    problems = []
+    options = ep.get("options", {})
+    if isinstance(options, dict) and not any(p.startswith(f"endpoints.{name}.options") for p in flagged):
+        try:
+            entry.check_options(options)
+        except entrypoints.OptionsError as exc:
+            marks = dict.fromkeys(".".join(map(str, path)) for path in located.marks)
+            problems.append(located.problem(tuple(_options_key(marks, name, exc.option).split(".")), str(exc)))
+    return problems + _device_problems(located, flagged, name, ep)
+
+
+def _device_problems(located: Located, flagged: set[str], name: str, ep: dict[str, Any]) -> list[Problem]:
     device = ep.get("device", "auto")
     names = device if isinstance(device, list) else [device]
     device_key = f"endpoints.{name}.device"

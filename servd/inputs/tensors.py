@@ -1,27 +1,29 @@
-"""Declared tensors: arrays in, checked against `tensors:`, stacked into one call, split back out.
+"""The tensor codec: what clients send, as numpy arrays, and arrays back into what they read.
 
-Pure functions over numpy arrays; no tornado, no torch (a torch handoff is passed in by
-workers.py, and torch outputs are read through their own `.numpy()`). The transports decode what
-clients send into a `TensorInput` (v2.py: the v2 JSON and binary formats; `admit` here: servd's
-own JSON, `{"x": [[...], ...]}`), the endpoint checks it at admission (`admit`), and a worker
-runs a batch of them as one call (`run`): on a batched endpoint the requests' inputs are
-concatenated along the first dimension (the rows), the entrypoint is called once, and each
-output is split back by the requests' row counts (Triton's dynamic batching). How a request's
-outputs are encoded for its client is its `reply`, run on the worker after the call.
+Pure functions over bytes, JSON values and numpy arrays; no tornado, no torch, no threads of
+their own (decoding runs on the loop, at admission; encoding on a worker, after the call). Every
+transport that carries tensors decodes them here: the v2 JSON and binary formats
+(protocols/v2_codec.py), binary websocket frames (protocols/frames.py) and servd's own JSON
+(`from_nested`, through inputs/declared.py). What a tensor must look like for one endpoint is
+inputs/declared.py's job; stacking requests into one call is runners/batch_rows.py's.
+
+Nothing is allocated for a tensor before its declared size is checked against what was sent: a
+shape is refused if numpy could not hold it (`check_shape`, before any data is read), binary
+data must be exactly shape x item size, and BYTES data must hold at least 4 bytes (an element's
+length) per declared element before the element array is made. A client can't make servd
+allocate more than its body holds, whatever shape it declares.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import orjson
 from numpy.typing import NDArray
-
-from servd.config.spec import TensorSpec, TensorsSpec
 
 Array = NDArray[Any]
 Arrays = dict[str, Array]
@@ -46,14 +48,15 @@ _JSON_KINDS = {"BOOL": "b", "BYTES": "USO"}
 _JSON_KINDS.update({k: "biu" for k in DTYPES if k.startswith(("INT", "UINT"))})
 _JSON_KINDS.update({k: "biuf" for k in DTYPES if k.startswith("FP")})
 BYTES_PREFIX = 4  # each BYTES element on the wire: a 4-byte little-endian length, then the bytes
+MAX_DIMS = 32  # numpy 1.x's limit (2.x allows 64); no model input has more
+# The most a declared shape may span, each dimension counted as at least 1, times its item size:
+# numpy refuses anything past 2**63 - 1 bytes (even with a 0 dimension), so this keeps every
+# shape that reaches numpy one it can hold, and a shape like [0, 2**70] a clear refusal.
+MAX_SPAN_BYTES = 2**62
 
 
 class TensorError(ValueError):
     """A client's tensor that can't be used (wrong datatype, shape or size); the message names it."""
-
-
-class OutputMismatch(Exception):
-    """The entrypoint's outputs don't match `tensors.outputs` (its contract, not the input's fault)."""
 
 
 def json_reply(outputs: Arrays) -> str:
@@ -73,36 +76,56 @@ class TensorInput:
     rows: int = 1
 
 
-@dataclass(frozen=True, slots=True)
-class Layout:
-    """How a batch of one endpoint is called: its declaration, and whether rows are stacked."""
-
-    spec: TensorsSpec
-    batched: bool
-
-
-# -- decoding what clients send ----------------------------------------------------------------
+# -- shapes and sizes, before anything is allocated ---------------------------------------------
 
 
 def element_count(shape: Sequence[int]) -> int:
     return math.prod(shape)
 
 
-def declared(item: Any, each: str) -> tuple[str, str, tuple[int, ...]]:
+def described_input(item: Any, each: str) -> tuple[str, str, tuple[int, ...]]:
     """An input's `{name, datatype, shape, ...}` as the v2 body and the binary frame both describe
-    it, checked; `each` names the list in the error (`"of 'inputs'"`)."""
+    it, checked (a shape numpy can hold, see `check_shape`); `each` names the list in the error
+    (`"of 'inputs'"`)."""
     if not isinstance(item, dict) or not isinstance(item.get("name"), str):
         raise TensorError(f"each {each} must be an object with a 'name'")
     name, datatype, shape = item["name"], item.get("datatype"), item.get("shape")
-    if datatype not in DTYPES:
-        raise TensorError(f"input {name!r}: datatype {datatype!r} is not one of {', '.join(DTYPES)}")
+    if not isinstance(datatype, str) or datatype not in DTYPES:
+        raise TensorError(f"input {name!r}: datatype {_shown(datatype)} is not one of {', '.join(DTYPES)}")
     if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
-        raise TensorError(f"input {name!r}: shape must be a list of dimensions >= 0, got {shape!r}")
+        raise TensorError(f"input {name!r}: shape must be a list of dimensions >= 0, got {_shown(shape)}")
+    check_shape(name, datatype, shape)
     return name, datatype, tuple(shape)
 
 
+def check_shape(name: str, datatype: str, shape: Sequence[int]) -> None:
+    """Refuse a shape no array could have: more than MAX_DIMS dimensions, or dimensions (a 0
+    counted as 1) whose product times the item size passes MAX_SPAN_BYTES. Stops multiplying as
+    soon as the bound is passed, so a long list of huge dimensions costs no big-number arithmetic."""
+    if len(shape) > MAX_DIMS:
+        raise TensorError(f"input {name!r}: shape has {len(shape)} dimensions; at most {MAX_DIMS} are supported")
+    span = DTYPES[datatype].itemsize
+    for dimension in shape:
+        span *= max(dimension, 1)
+        if span > MAX_SPAN_BYTES:
+            raise TensorError(
+                f"input {name!r}: shape {_shown(list(shape))} is too large for any {datatype} tensor: its "
+                "dimensions (a 0 counted as 1) multiply past what an array can hold (2**62 bytes)"
+            )
+
+
+def _shown(value: Any, limit: int = 100) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# -- decoding what clients send ----------------------------------------------------------------
+
+
 def from_json(name: str, datatype: str, shape: Sequence[int], data: Any) -> Array:
-    """A v2 JSON input's `data` (flat or nested, row-major) as an array of `shape`."""
+    """A v2 JSON input's `data` (flat or nested, row-major) as an array of `shape`. The array is
+    made from the data sent (bounded by the body), then compared with the shape."""
+    check_shape(name, datatype, shape)
     array = _from_values(name, datatype, data)
     count = element_count(shape)
     if array.size != count:
@@ -122,8 +145,10 @@ def _from_values(name: str, datatype: str, data: Any) -> Array:
         return _bytes_array(name, data)
     try:
         raw = np.asarray(data)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise TensorError(f"input {name!r}: data is not a regular array (ragged nested lists)") from None
+    if raw.ndim > MAX_DIMS:
+        raise TensorError(f"input {name!r}: data is nested {raw.ndim} deep; at most {MAX_DIMS} dimensions")
     if raw.size and raw.dtype.kind not in _JSON_KINDS[datatype]:
         raise TensorError(
             f"input {name!r}: data holds {_kind_name(raw.dtype)} values; {datatype} takes {_takes(datatype)}"
@@ -138,23 +163,23 @@ def _from_values(name: str, datatype: str, data: Any) -> Array:
 
 def _bytes_array(name: str, data: Any) -> Array:
     flat: list[Any] = list(_flatten(data)) if isinstance(data, list) else [data]
-    out = np.empty(len(flat), dtype=object)
+    shape = _nested_shape(data) if isinstance(data, list) and data and isinstance(data[0], list) else None
+    if shape is not None and len(shape) > MAX_DIMS:
+        raise TensorError(f"input {name!r}: data is nested {len(shape)} deep; at most {MAX_DIMS} dimensions")
+    if shape is not None and element_count(shape) != len(flat):
+        raise TensorError(f"input {name!r}: data is not a regular array (ragged nested lists)")
+    out = np.empty(len(flat), dtype=object)  # one slot per element already in the parsed body
     for index, item in enumerate(flat):
         if not isinstance(item, (str, bytes)):
             raise TensorError(f"input {name!r}: BYTES data must be strings, got {type(item).__name__}")
         out[index] = item.encode("utf-8", "surrogatepass") if isinstance(item, str) else item
-    if isinstance(data, list) and data and isinstance(data[0], list):
-        shape = _nested_shape(data)
-        if element_count(shape) != len(flat):
-            raise TensorError(f"input {name!r}: data is not a regular array (ragged nested lists)")
-        return out.reshape(shape)
-    return out
+    return out if shape is None else out.reshape(shape)
 
 
 def _nested_shape(data: list[Any]) -> tuple[int, ...]:
-    shape = []
+    shape: list[int] = []
     level: Any = data
-    while isinstance(level, list):
+    while isinstance(level, list) and len(shape) <= MAX_DIMS:
         shape.append(len(level))
         level = level[0] if level else None
     return tuple(shape)
@@ -174,7 +199,9 @@ def _flatten(data: list[Any]) -> Iterable[Any]:
 
 def from_bytes(name: str, datatype: str, shape: Sequence[int], raw: memoryview) -> Array:
     """An input's binary data (the binary tensor data extension): row-major, little-endian;
-    BYTES elements each a 4-byte little-endian length and the bytes. The size must be exact."""
+    BYTES elements each a 4-byte little-endian length and the bytes. The size must be exact,
+    and is checked before anything is allocated."""
+    check_shape(name, datatype, shape)
     count = element_count(shape)
     if datatype == "BYTES":
         return unpack_bytes(name, raw, count).reshape(shape)
@@ -189,8 +216,17 @@ def from_bytes(name: str, datatype: str, shape: Sequence[int], raw: memoryview) 
 
 
 def unpack_bytes(name: str, raw: memoryview, count: int) -> Array:
+    """`count` BYTES elements from `raw`; refused before the element array is made when `raw`
+    can't hold even their 4-byte lengths (a declared [300000000] with no data would otherwise
+    make a 2.4 GB array of references first)."""
+    size = len(raw)
+    if count * BYTES_PREFIX > size:
+        raise TensorError(
+            f"input {name!r}: {count} BYTES elements need at least {count * BYTES_PREFIX} bytes "
+            f"(a {BYTES_PREFIX}-byte length each), but its binary data is {size} bytes"
+        )
     out = np.empty(count, dtype=object)
-    at, size = 0, len(raw)
+    at = 0
     for index in range(count):
         if at + BYTES_PREFIX > size:
             raise TensorError(f"input {name!r}: binary BYTES data ends after {index} of {count} elements")
@@ -254,195 +290,3 @@ def datatype_of(dtype: np.dtype[Any]) -> str | None:
         if known == dtype:
             return name
     return None
-
-
-# -- checking against the declaration ----------------------------------------------------------
-
-
-def admit(layout: Layout, data: Any) -> TensorInput:
-    """A request's data as a checked TensorInput with its row count; raises TensorError naming the
-    tensor and what was expected. `data` is a TensorInput (v2, binary frames) or servd's JSON:
-    an object of input name -> nested lists (or the nested lists alone, for a single input)."""
-    tensor = data if isinstance(data, TensorInput) else TensorInput(_from_json_data(layout.spec, data))
-    tensor.rows = check_inputs(layout.spec.inputs, tensor.arrays, layout.batched)
-    return tensor
-
-
-def _from_json_data(spec: TensorsSpec, data: Any) -> Arrays:
-    declared = {t.name: t for t in spec.inputs}
-    if isinstance(data, list) and len(spec.inputs) == 1:
-        data = {spec.inputs[0].name: data}
-    if not isinstance(data, dict):
-        raise TensorError(f"data must be an object of input name -> nested lists, such as {_example(spec)}")
-    for name in data:
-        if name not in declared:
-            raise TensorError(f"unknown input {name!r}; {describe(spec.inputs)}")
-    return {name: from_nested(name, declared[name].datatype, value) for name, value in data.items()}
-
-
-def _example(spec: TensorsSpec) -> str:
-    return "{" + ", ".join(f'"{t.name}": [...]' for t in spec.inputs) + "}"
-
-
-def describe(tensors: Sequence[TensorSpec]) -> str:
-    """`declared: x FP32 [-1, 256], mask BOOL [-1]`: what an error message offers instead."""
-    return "declared: " + ", ".join(f"{t.name} {t.datatype} {list(t.shape)}" for t in tensors)
-
-
-def check_inputs(declared: Sequence[TensorSpec], arrays: Mapping[str, Array], batched: bool) -> int:
-    """Every declared input present, none unknown, each of its datatype and shape; on a batched
-    endpoint all with the same number of rows (returned; 1 otherwise)."""
-    names = {t.name for t in declared}
-    for name in arrays:
-        if name not in names:
-            raise TensorError(f"unknown input {name!r}; {describe(declared)}")
-    rows: dict[str, int] = {}
-    for tensor in declared:
-        if tensor.name not in arrays:
-            raise TensorError(f"input {tensor.name!r} is missing; {describe(declared)}")
-        array = arrays[tensor.name]
-        _check_one("input", tensor, array)
-        if batched:
-            rows[tensor.name] = array.shape[0]
-    if not batched:
-        return 1
-    counts = set(rows.values())
-    if len(counts) > 1:
-        shown = ", ".join(f"{name} has {count}" for name, count in rows.items())
-        raise TensorError(f"inputs have different numbers of rows (the first dimension): {shown}")
-    count = counts.pop()
-    if count < 1:
-        raise TensorError(f"input {declared[0].name!r} has 0 rows; send at least one")
-    return count
-
-
-def _check_one(side: str, tensor: TensorSpec, array: Array) -> None:
-    expected = DTYPES[tensor.datatype]
-    if array.dtype != expected:
-        got = datatype_of(array.dtype) or str(array.dtype)
-        raise TensorError(f"{side} {tensor.name!r}: datatype {got}, declared {tensor.datatype}")
-    if not fits(array.shape, tensor.shape):
-        raise TensorError(
-            f"{side} {tensor.name!r}: shape {list(array.shape)} does not match the declared {list(tensor.shape)}"
-            " (-1 = any size)"
-        )
-
-
-def fits(shape: Sequence[int], declared: Sequence[int]) -> bool:
-    return len(shape) == len(declared) and all(d in (-1, s) for s, d in zip(shape, declared, strict=True))
-
-
-# -- one call for a batch ----------------------------------------------------------------------
-
-
-def run(
-    call: Callable[[Any], Any], requests: Sequence[TensorInput], layout: Layout, handoff: Callable[[Arrays], Any]
-) -> list[Arrays]:
-    """Call the entrypoint once for `requests`: stacked along the rows on a batched endpoint
-    (an unbatched one runs one request a call); returns each request's outputs."""
-    spec = layout.spec
-    arrays = stack(requests, [t.name for t in spec.inputs]) if layout.batched else requests[0].arrays
-    outputs = outputs_of(call(handoff(arrays)), spec.outputs)
-    if not layout.batched:
-        return [outputs]
-    return split(outputs, [r.rows for r in requests])
-
-
-def stack(requests: Sequence[TensorInput], names: Sequence[str]) -> Arrays:
-    """One array per input: the requests' arrays concatenated along the first dimension."""
-    if len(requests) == 1:
-        return dict(requests[0].arrays)
-    return {name: np.concatenate([r.arrays[name] for r in requests]) for name in names}
-
-
-def outputs_of(value: Any, declared: Sequence[TensorSpec]) -> Arrays:
-    """What the entrypoint returned as arrays of the declared outputs: a dict of name -> array, or
-    one array for a single output; torch tensors are brought to the CPU; a float64 result for an
-    FP32 output is cast (same kind), anything else that differs is an OutputMismatch."""
-    if not isinstance(value, Mapping):
-        if len(declared) != 1:
-            raise OutputMismatch(
-                f"the entrypoint returned a {type(value).__name__}; with {len(declared)} outputs declared it "
-                f"must return a dict of name -> array ({describe(declared)})"
-            )
-        value = {declared[0].name: value}
-    names = {t.name for t in declared}
-    unknown = [str(name) for name in value if name not in names]
-    if unknown:
-        raise OutputMismatch(
-            f"the entrypoint returned outputs {unknown} that tensors.outputs doesn't declare ({describe(declared)})"
-        )
-    outputs: Arrays = {}
-    for tensor in declared:
-        if tensor.name not in value:
-            raise OutputMismatch(f"the entrypoint did not return output {tensor.name!r} ({describe(declared)})")
-        outputs[tensor.name] = _output_array(tensor, value[tensor.name])
-    return outputs
-
-
-def _output_array(tensor: TensorSpec, value: Any) -> Array:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, wherever it lives
-        value = value.detach().cpu().numpy()
-    array = np.asarray(value, dtype=object) if tensor.datatype == "BYTES" else np.asarray(value)
-    expected = DTYPES[tensor.datatype]
-    if array.dtype != expected:
-        if not np.can_cast(array.dtype, expected, "same_kind"):
-            raise OutputMismatch(
-                f"output {tensor.name!r} is {datatype_of(array.dtype) or array.dtype}, declared {tensor.datatype}"
-            )
-        array = array.astype(expected)
-    if not fits(array.shape, tensor.shape):
-        raise OutputMismatch(
-            f"output {tensor.name!r} has shape {list(array.shape)}, declared {list(tensor.shape)} (-1 = any size)"
-        )
-    return array
-
-
-def split(outputs: Arrays, rows: Sequence[int]) -> list[Arrays]:
-    """Each request's rows of every output, in order (views, not copies)."""
-    total = sum(rows)
-    for name, array in outputs.items():
-        if array.ndim == 0 or array.shape[0] != total:
-            got = "no rows (a scalar)" if array.ndim == 0 else f"{array.shape[0]} rows"
-            raise OutputMismatch(
-                f"output {name!r} has {got} for {total} input rows; "
-                "a batched tensor endpoint returns one row per input row"
-            )
-    parts: list[Arrays] = []
-    start = 0
-    for count in rows:
-        parts.append({name: array[start : start + count] for name, array in outputs.items()})
-        start += count
-    return parts
-
-
-# -- bisection on row boundaries ---------------------------------------------------------------
-
-
-def middle(requests: Sequence[TensorInput]) -> int:
-    """Where to halve a failed batch: the request boundary nearest half its rows (at least one
-    request on each side), so the halves carry about equal work and no request is cut."""
-    total = sum(r.rows for r in requests)
-    best, best_gap, seen = 1, total, 0
-    for index, request in enumerate(requests[:-1], start=1):
-        seen += request.rows
-        gap = abs(2 * seen - total)
-        if gap < best_gap:
-            best, best_gap = index, gap
-    return best
-
-
-def halve_rows(request: TensorInput) -> tuple[TensorInput, TensorInput]:
-    """One request of several rows that ran out of memory alone: its first and second half."""
-    cut = request.rows // 2
-    first = {name: array[:cut] for name, array in request.arrays.items()}
-    second = {name: array[cut:] for name, array in request.arrays.items()}
-    return (
-        TensorInput(first, request.reply, cut),
-        TensorInput(second, request.reply, request.rows - cut),
-    )
-
-
-def join_rows(parts: Sequence[Arrays]) -> Arrays:
-    """The outputs of a request's halves, joined back along the rows."""
-    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}

@@ -5,7 +5,7 @@ a 1,000,000-item list: 3.4 s, longer when it fails, since each error quotes the 
 on). On the loop that stalls every endpoint, so only data of at most INLINE_BYTES on the wire is
 checked at admission and refused there with invalid_input. Larger data is admitted unchecked,
 wrapped in `Unchecked`, and checked on a worker thread just before its call, on the endpoint's
-own slot (workers.py): a request that fails then ends with invalid_input instead of being
+own slot (runners.execution): a request that fails then ends with invalid_input instead of being
 refused, and the model never sees it. Either way the check is the same, with the schema in force
 when the request was admitted.
 

@@ -1,6 +1,6 @@
 """Prometheus collectors on the daemon's own registry (so tests and daemons stay isolated).
 
-Every metric is declared once in METRICS; the README's metrics table is generated from it.
+Every metric is declared once in METRICS; the docs' metrics table (docs/reference/metrics.md) is generated from it.
 The four written per request (PER_REQUEST) are plain counts kept on the event loop and turned
 into samples at scrape time (also on the loop): prometheus_client's own objects take a lock
 per update, which cost about a tenth of servd's CPU per request. Gauges that mirror live state
@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.utils import floatToGoString
 
-from servd.web.compat import labelled_children
+from servd.obs.prometheus_compat import labelled_children
 
 disable_created_metrics()  # type: ignore[no-untyped-call]  # (untyped upstream) *_created series help nobody
 

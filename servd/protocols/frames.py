@@ -69,7 +69,7 @@ def _inputs(described: Any, raw: memoryview) -> tensors.Arrays:
     arrays: tensors.Arrays = {}
     at = 0
     for item in described:
-        name, datatype, shape = tensors.declared(item, "input in 'data'")
+        name, datatype, shape = tensors.described_input(item, "input in 'data'")
         size = item.get("size")
         if type(size) is not int or size < 0:
             raise ValueError(f"input {name!r}: size must be its number of bytes, got {size!r}")

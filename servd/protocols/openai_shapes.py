@@ -19,6 +19,16 @@ FINISH_REASONS = ("stop", "length", "content_filter")
 NOT_FOR_ENTRYPOINT = ("model", "n", "stream", "stream_options", "servd", "max_completion_tokens")
 CONTRACT = 'a chat entrypoint returns or yields text, or {"text", "usage", "finish_reason"}'
 ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+# OpenAI's roles, in the order its own error lists them; content is optional only where it says so.
+ROLES = ("system", "assistant", "user", "function", "tool", "developer")
+MAX_STOP = 4  # OpenAI's limit on `stop` sequences
+# Sampling numbers OpenAI bounds (temperature is checked with them): field -> (lowest, highest).
+RANGES = {"temperature": (0, 2), "top_p": (0, 1), "presence_penalty": (-2, 2), "frequency_penalty": (-2, 2)}
+# Fields OpenAI takes that servd can't honour: refused, not silently ignored.
+UNSUPPORTED = {
+    "logprobs": "servd's answer is the entrypoint's text, without token log probabilities",
+    "top_logprobs": "servd's answer is the entrypoint's text, without token log probabilities",
+}
 
 
 class ChatError(ValueError):
@@ -66,7 +76,8 @@ def parse_chat(body: Any) -> ChatRequest:
     data = {key: value for key, value in body.items() if key not in NOT_FOR_ENTRYPOINT}
     data["max_tokens"] = _max_tokens(body)
     data["stop"] = _stop(body.get("stop"))
-    _check_temperature(body.get("temperature"))
+    _check_ranges(body)
+    _check_unsupported(body)
     try:
         priority, deadline_s = protocol.scheduling(extra)
     except ValueError as exc:
@@ -83,11 +94,65 @@ def parse_chat(body: Any) -> ChatRequest:
 
 
 def _check_messages(messages: Any) -> None:
+    """Each message as OpenAI checks it: an object, a known role, content where the role needs it
+    (every role but an assistant's that carries tool_calls or function_call), text or a list of
+    parts, and a tool message's tool_call_id. `param` is the path, as OpenAI names it."""
     if not isinstance(messages, list) or not messages:
         raise ChatError("'messages' must be a non-empty list of {role, content} objects", "messages")
     for index, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise ChatError(f"messages[{index}] must be an object with a string 'role'", "messages")
+        where = f"messages[{index}]"
+        if not isinstance(message, dict):
+            raise ChatError(f"Invalid type for '{where}': expected an object, but got {_kind(message)} instead.", where)
+        role = _required(message, "role", where)
+        if not isinstance(role, str) or role not in ROLES:
+            supported = ", ".join(f"'{r}'" for r in ROLES[:-1]) + f", and '{ROLES[-1]}'"
+            raise ChatError(f"Invalid value: {_shown(role)}. Supported values are: {supported}.", f"{where}.role")
+        calls = role == "assistant" and (message.get("tool_calls") or message.get("function_call"))
+        content = message.get("content") if calls else _required(message, "content", where)
+        _check_content(content, f"{where}.content", nullable=role in ("assistant", "function"))
+        if role == "tool" and not isinstance(_required(message, "tool_call_id", where), str):
+            raise ChatError(f"Invalid type for '{where}.tool_call_id': expected a string.", f"{where}.tool_call_id")
+        name = message.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ChatError(f"Invalid type for '{where}.name': expected a string, but got {_kind(name)} instead.",
+                            f"{where}.name")  # fmt: skip
+
+
+def _required(message: dict[str, Any], key: str, where: str) -> Any:
+    if key not in message:
+        raise ChatError(f"Missing required parameter: '{where}.{key}'.", f"{where}.{key}")
+    return message[key]
+
+
+def _check_content(content: Any, where: str, nullable: bool) -> None:
+    """Text, or a non-empty list of parts, each an object with a string `type` (OpenAI's parts:
+    text, image_url, input_audio, file, refusal); null only for an assistant's or a function's."""
+    if content is None and nullable:
+        return
+    if isinstance(content, str):
+        return
+    if isinstance(content, list) and content and all(isinstance(p, dict) and isinstance(p.get("type"), str)
+                                                     for p in content):  # fmt: skip
+        return
+    if isinstance(content, list) and content:
+        raise ChatError(f"Invalid '{where}': each part must be an object with a string 'type'.", where)
+    if isinstance(content, list):
+        raise ChatError(f"Invalid '{where}': empty array. Expected an array with minimum length 1.", where)
+    raise ChatError(
+        f"Invalid type for '{where}': expected one of a string or array of objects, but got {_kind(content)} instead.",
+        where,
+    )
+
+
+def _kind(value: Any) -> str:
+    """OpenAI's words for a JSON value's type, in its errors ("an integer", "null")."""
+    if value is None:
+        return "null"
+    for kind, word in ((bool, "a boolean"), (int, "an integer"), (float, "a decimal"), (str, "a string"),
+                       (list, "an array"), (dict, "an object")):  # fmt: skip
+        if isinstance(value, kind):
+            return word
+    return type(value).__name__
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
@@ -107,12 +172,43 @@ def _stop(stop: Any) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
         raise ChatError("'stop' must be a non-empty string or a list of them", "stop")
+    if len(stops) > MAX_STOP:
+        raise ChatError(
+            f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOP}, "
+            f"but got an array with length {len(stops)} instead.",
+            "stop",
+        )
     return stops
 
 
-def _check_temperature(value: Any) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2):
-        raise ChatError(f"'temperature' must be a number from 0 to 2, got {value!r}", "temperature")
+def _check_ranges(body: dict[str, Any]) -> None:
+    for name, (low, high) in RANGES.items():
+        value = body.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ChatError(f"Invalid type for '{name}': expected a number, but got {_kind(value)} instead.", name)
+        if value < low:
+            raise ChatError(
+                f"Invalid '{name}': decimal below minimum value. Expected a value >= {low}, "
+                f"but got {_shown(value)} instead.",
+                name,
+            )
+        if value > high:
+            raise ChatError(
+                f"Invalid '{name}': decimal above maximum value. Expected a value <= {high}, "
+                f"but got {_shown(value)} instead.",
+                name,
+            )
+
+
+def _check_unsupported(body: dict[str, Any]) -> None:
+    """logprobs: false (and null) are what servd does anyway; true is refused, not ignored."""
+    for name, why in UNSUPPORTED.items():
+        value = body.get(name)
+        if value is None or value is False:
+            continue
+        raise ChatError(f"'{name}' is not supported: {why}; leave it out (or false)", name)
 
 
 def _flag(holder: dict[str, Any], name: str, prefix: str = "") -> bool:

@@ -5,7 +5,7 @@ carry its own `input_schema` (OpenAPI 3.1 schemas are JSON Schema 2020-12, as in
 each is a component, `{name}.input`, which documents the websocket's `data` as well) and
 its responses list only the error codes it can answer with (invalid_input only with a schema,
 client_limit only with max_per_client, ...). The websocket queue can't be described in OpenAPI;
-`GET /v1/ws` is listed with its 101 answer and a pointer to the README's protocol section.
+`GET /v1/ws` is listed with its 101 answer and a pointer to the websocket protocol's page (docs/protocols/websocket.md).
 
 `ERROR_WORDS` says what each error code means in plain words; the console shows them beside
 the server's own message, read from this document (components.schemas.ErrorCode).
@@ -19,6 +19,8 @@ from typing import Any
 
 from servd.config.spec import EndpointSpec, Spec
 from servd.errors import ErrorCode
+from servd.inputs.declared import TensorSpec
+from servd.protocols.examples import CHAT_PATH, chat_example, data_example
 
 OPENAPI_VERSION = "3.1.0"
 JSON = "application/json"
@@ -58,6 +60,11 @@ ALWAYS = (
 OPERATIONS_ID_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 OBJECT: dict[str, Any] = {"type": "object"}
 TEXT: dict[str, Any] = {"type": "string"}
+TENSOR_JSON = {
+    "BOOL": "boolean",
+    "BYTES": "string",
+    **{f"{k}{n}": "integer" for k in ("INT", "UINT") for n in (8, 16, 32, 64)},
+}
 
 
 def document(spec: Spec, version: str, generation: int) -> dict[str, Any]:
@@ -68,6 +75,9 @@ def document(spec: Spec, version: str, generation: int) -> dict[str, Any]:
     for endpoint in spec.endpoints.values():
         paths[f"/v1/endpoints/{endpoint.name}"] = _endpoint_path(endpoint, tokens)
         inputs[input_component(endpoint.name)] = input_schema(endpoint)
+    chat = [endpoint for endpoint in spec.endpoints.values() if endpoint.openai is not None and endpoint.api_open]
+    if chat:
+        paths[CHAT_PATH] = _chat_path(chat, tokens)
     paths.update(_operator_paths(tokens))
     components = _components(tokens)
     components["schemas"].update(inputs)
@@ -79,7 +89,7 @@ def document(spec: Spec, version: str, generation: int) -> dict[str, Any]:
             "description": (
                 f"The endpoints of this servd, from its config (generation {generation}). Every endpoint is "
                 "also served over the websocket queue, GET /v1/ws, which this document can't describe: "
-                "see the README's wire protocol."
+                "see docs/protocols/websocket.md."
             ),
         },
         "paths": paths,
@@ -108,6 +118,11 @@ def _endpoint_path(endpoint: EndpointSpec, tokens: bool) -> dict[str, Any]:
             "Queue one request and answer with its result. With Accept: text/event-stream the answer is "
             "the websocket's messages (queued, estimation, started, partial, completed or error) as events."
         )
+        if endpoint.openai is not None:
+            post["description"] += (
+                f" It is also the OpenAI chat model {endpoint.openai.model!r}: POST {CHAT_PATH} with "
+                f'"model": "{endpoint.openai.model}" gets OpenAI\'s answer shapes; here its data is the chat request.'
+            )
         post["requestBody"] = _request_body(endpoint)
         post["responses"] = {"200": _result_response(), **_error_responses(post_errors(endpoint, tokens))}
     get = {
@@ -146,7 +161,7 @@ def input_component(name: str) -> str:
 
 def _request_body(endpoint: EndpointSpec) -> dict[str, Any]:
     data = {"$ref": f"#/components/schemas/{input_component(endpoint.name)}"}
-    sample = example(endpoint.input_schema)
+    sample = data_example(endpoint)
     levels = endpoint.queue.priority_levels
     schema = {
         "type": "object",
@@ -172,14 +187,71 @@ def _request_body(endpoint: EndpointSpec) -> dict[str, Any]:
 def input_schema(endpoint: EndpointSpec) -> dict[str, Any]:
     """The endpoint's input_schema as a component: its own `$ref`s ("#/$defs/...", "#") rewritten to
     point inside the component, since in this document "#" is the document (tools differ on `$id`
-    scoping, a rewritten pointer works in all); any JSON without one. `examples` (an annotation:
-    it validates nothing) gets the example the try-it form starts from."""
-    if endpoint.input_schema is None:
-        return {"description": "Any JSON: this endpoint has no input_schema.", "examples": [example(None)]}
-    here = f"#/components/schemas/{input_component(endpoint.name)}"
-    schema: dict[str, Any] = _plain(endpoint.input_schema, lambda ref: here + ref[1:] if ref.startswith("#") else ref)
-    schema.setdefault("examples", [example(endpoint.input_schema)])
+    scoping, a rewritten pointer works in all); declared tensors as the object of nested lists
+    servd's JSON takes; any JSON without either. `examples` (an annotation: it validates nothing)
+    starts with the example the try-it form and the snippets use (examples.data_example)."""
+    sample = data_example(endpoint)
+    if endpoint.tensors is not None:
+        schema = _tensors_schema(endpoint.tensors.inputs)
+    elif endpoint.input_schema is None:
+        words = "Any JSON: this endpoint has no input_schema."
+        if endpoint.openai is not None:
+            words += f" Its model takes a chat request ({{messages, max_tokens, ...}}), as {CHAT_PATH} passes it."
+        schema = {"description": words}
+    else:
+        here = f"#/components/schemas/{input_component(endpoint.name)}"
+        schema = _plain(endpoint.input_schema, lambda ref: here + ref[1:] if ref.startswith("#") else ref)
+    own = schema.get("examples")
+    schema["examples"] = [sample, *(value for value in own if value != sample)] if isinstance(own, list) else [sample]
     return schema
+
+
+def _tensors_schema(inputs: tuple[TensorSpec, ...]) -> dict[str, Any]:
+    """Declared tensors in servd's JSON: an object of input name -> nested lists, one level a
+    dimension (-1: any size), of the datatype's JSON values. The server checks them itself."""
+    properties: dict[str, Any] = {}
+    for tensor in inputs:
+        value: dict[str, Any] = {"type": TENSOR_JSON.get(tensor.datatype, "number")}
+        for size in reversed(tensor.shape):
+            value = {"type": "array", "items": value, **({"minItems": size, "maxItems": size} if size >= 0 else {})}
+        properties[tensor.name] = {**value, "description": f"{tensor.datatype} {list(tensor.shape)} (-1: any size)"}
+    return {
+        "type": "object",
+        "description": "Declared tensors (tensors.inputs): each input's values as nested lists.",
+        "required": [t.name for t in inputs],
+        "properties": properties,
+        "additionalProperties": False,
+    }
+
+
+def _chat_path(endpoints: list[EndpointSpec], tokens: bool) -> dict[str, Any]:
+    """POST /v1/chat/completions, with an example body for each model it serves."""
+    examples = {
+        e.openai.model: {"summary": f"{e.name}'s model", "value": chat_example(e)} for e in endpoints if e.openai
+    }
+    models = ", ".join(sorted(examples))
+    openai_error = {"description": "An OpenAI error object: {error: {message, type, param, code}}.",
+                    "content": {JSON: {"schema": OBJECT}}}  # fmt: skip
+    return {
+        "post": {
+            "operationId": "chat_completions",
+            "summary": f"OpenAI-compatible chat completions (models: {models})",
+            "description": "OpenAI's request and answer shapes; `stream: true` answers with server-sent events. "
+            "The request waits its turn in the endpoint's queue like any other.",
+            "tags": ["openai"],
+            "requestBody": {
+                "required": True,
+                "content": {JSON: {"schema": OBJECT, "examples": examples}},
+            },
+            "responses": {
+                "200": {"description": "A chat.completion object, or chat.completion.chunk events with stream: true.",
+                        "content": {JSON: {"schema": OBJECT}, SSE: {"schema": TEXT}}},
+                "4XX": openai_error,
+                "5XX": openai_error,
+                **_error_responses(_auth_codes(tokens)),
+            },
+        }
+    }  # fmt: skip
 
 
 def _plain(value: Any, ref: Callable[[str], str] = str) -> Any:
@@ -245,7 +317,7 @@ def _operator_paths(tokens: bool) -> dict[str, Any]:
     ws = {
         "summary": "The websocket queue: many requests, any endpoint, with rank, ETA and partial results",
         "description": "Open with a websocket handshake (token: Authorization, ?token=, or the subprotocol "
-        "servd.bearer.<base64url token> beside servd). Messages: see the README's wire protocol.",
+        "servd.bearer.<base64url token> beside servd). Messages: see docs/protocols/websocket.md.",
         "tags": ["endpoints"],
         "responses": {"101": {"description": "Switching to the websocket protocol."}, **auth},
     }
@@ -305,43 +377,3 @@ def _components(tokens: bool) -> dict[str, Any]:
             "bearer": {"type": "http", "scheme": "bearer", "description": "A line of server.tokens_file."}
         }
     return components
-
-
-def example(schema: Mapping[str, Any] | None) -> Any:
-    """A value that meets `schema`, for snippets and the try-it form: its examples, default, const or
-    first enum value, else one built from its type and bounds. Not a validator: unusual schemas
-    (oneOf, patterns) get a plausible value, and the server's check has the last word."""
-    if not schema:
-        return "hello"
-    for key in ("examples", "default", "const", "enum"):
-        if key in schema:
-            value = schema[key]
-            return value[0] if key in ("examples", "enum") and isinstance(value, list) and value else _plain(value)
-    kind = schema.get("type")
-    kind = next((k for k in kind if k != "null"), "null") if isinstance(kind, list) else kind
-    if kind == "object" or "properties" in schema:
-        properties = schema.get("properties", {})
-        required = schema.get("required") or list(properties)
-        return {name: example(properties.get(name)) for name in required}
-    if kind == "array":
-        count = max(1, int(schema.get("minItems", 1)))
-        return [example(schema.get("items")) for _ in range(min(count, 1000))]
-    if kind in ("number", "integer"):
-        return _number(schema, kind == "integer")
-    if kind == "string":
-        return "text".ljust(int(schema.get("minLength", 0)), "x")
-    return {"boolean": False, "null": None}.get(str(kind), "hello")
-
-
-def _number(schema: Mapping[str, Any], integer: bool) -> float | int:
-    low = schema.get("minimum", schema.get("exclusiveMinimum"))
-    high = schema.get("maximum", schema.get("exclusiveMaximum"))
-    if low is not None and high is not None:
-        value = (low + high) / 2
-    elif low is not None:
-        value = low + 1 if "exclusiveMinimum" in schema else low
-    elif high is not None:
-        value = min(0, high - 1)
-    else:
-        value = 0
-    return int(value) if integer or float(value).is_integer() else value

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from servd.config.spec import EndpointSpec, TensorSpec
+from servd.config.spec import EndpointSpec
 from servd.core.stats import Stats
 from servd.inputs import tensors
+from servd.inputs.declared import TensorSpec
 from servd.protocols import ws_messages as protocol
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -28,6 +29,8 @@ EXTENSIONS = ("binary_tensor_data", "statistics", "model_configuration", "parame
 VERSION = "1"  # an endpoint is one model version; a reload replaces it in place
 JSON_TENSOR = "data"  # an endpoint without tensors: one BYTES element of JSON text in and out
 RESERVED_PARAMETERS = ("priority", "timeout", "binary_data_output")
+MAX_HEADER_LENGTH_DIGITS = 18  # more is past any body servd takes (and int() refuses 4,300+ digits)
+MAX_TIMEOUT_US = 2**53  # about 285 years: anything longer is no deadline, and stays exact as a float
 
 
 class V2Error(ValueError):
@@ -84,12 +87,20 @@ def parse_infer(body: bytes | bytearray, header_length: str | None) -> InferRequ
 
 
 def _header_length(value: str, size: int) -> int:
-    if not value.strip().isdigit():
-        raise V2Error(f"{HEADER_LENGTH} must be a number of bytes, got {value[:40]!r}")
-    length = int(value)
+    """The header's value: ASCII digits only (`isdigit()` also takes '²' and other scripts' digits,
+    which int() then refuses), and few enough of them to be a length at all."""
+    digits = value.strip()
+    if not (digits.isascii() and digits.isdigit() and len(digits) <= MAX_HEADER_LENGTH_DIGITS):
+        raise V2Error(f"{HEADER_LENGTH} must be a number of bytes (ASCII digits), got {value[:40]!r}")
+    length = int(digits)
     if length > size:
         raise V2Error(f"{HEADER_LENGTH} is {length}, past the end of the body ({size} bytes)")
     return length
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _id(header: dict[str, Any]) -> str | None:
@@ -129,10 +140,12 @@ def _read_parameters(value: Any, request: InferRequest) -> None:
     parameters = _parameters(value, "the request")
     priority = parameters.get("priority", 0)
     if isinstance(priority, bool) or not isinstance(priority, int) or priority < 0:
-        raise V2Error(f"parameters.priority must be an integer >= 0 (0 = the default level), got {priority!r}")
+        raise V2Error(f"parameters.priority must be an integer >= 0 (0 = the default level), got {_shown(priority)}")
     timeout = parameters.get("timeout")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0):
-        raise V2Error(f"parameters.timeout must be microseconds (an integer >= 0), got {timeout!r}")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int) or not 0 <= timeout <= MAX_TIMEOUT_US
+    ):
+        raise V2Error(f"parameters.timeout must be microseconds (an integer from 0 to 2**53), got {_shown(timeout)}")
     binary = parameters.get("binary_data_output", False)
     if not isinstance(binary, bool):
         raise V2Error("parameters.binary_data_output must be true or false")
@@ -155,7 +168,7 @@ def _inputs(items: Any, binary: memoryview) -> tensors.Arrays:
         try:
             if size is not None:
                 if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                    raise V2Error(f"input {name!r}: binary_data_size must be a number of bytes, got {size!r}")
+                    raise V2Error(f"input {name!r}: binary_data_size must be a number of bytes, got {_shown(size)}")
                 if at + size > len(binary):
                     raise V2Error(
                         f"input {name!r}: binary_data_size {size} runs past the end of the body "
@@ -178,7 +191,7 @@ def _inputs(items: Any, binary: memoryview) -> tensors.Arrays:
 
 def _declared(item: Any) -> tuple[str, str, tuple[int, ...]]:
     try:
-        return tensors.declared(item, "of 'inputs'")
+        return tensors.described_input(item, "of 'inputs'")
     except tensors.TensorError as exc:
         raise V2Error(str(exc)) from None
 

@@ -7,18 +7,23 @@ Pure functions; no I/O. Server messages are built as text so that a result encod
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from servd.core.request import Completed, Failed
+from servd.core.events import Completed, Estimation, Failed, Partial, Progress, Queued, Started
 from servd.errors import ErrorCode
+from servd.inputs.jsontext import MAX_DEPTH, compact, depth_problem, dumps, loads
+
+__all__ = [
+    "MAX_DEPTH",
+    "compact",
+    "depth_problem",
+    "dumps",
+    "loads",
+]  # re-exported: the JSON rules live in inputs.jsontext
 
 MAX_ID_CHARS = 256
 MAX_INT_ID = 2**63
-MAX_DEPTH = 128  # server.max_depth's default (schemas/servd.schema.json)
 
 
 @dataclass(slots=True, frozen=True)
@@ -67,68 +72,6 @@ def parse(text: str | bytes, max_depth: int = MAX_DEPTH) -> Submit | Cancel:
     if kind == "cancel":
         return Cancel(request_id)
     raise ProtocolError(f"'type' must be 'submit' or 'cancel', got {kind!r}", request_id)
-
-
-def loads(text: str | bytes) -> Any:
-    """Strict JSON: no NaN/Infinity, and no number too large for a float (1e999 would become inf).
-
-    Either would reach the entrypoint and make its result unsendable, blaming the model for the
-    client's input. orjson decodes (it is strict already, and 6-8x faster than the json module
-    on a list of numbers, the common model input); two cases go to the json module instead:
-    integers longer than 18 digits, which orjson would turn into floats while Python keeps them
-    exact, and anything orjson refuses, so the error message (and what is accepted, such as a
-    lone surrogate) stays the json module's.
-    """
-    raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_AS_ZERO):
-        try:
-            return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return _STRICT_DECODER.decode(text)
-
-
-def dumps(value: Any) -> str:
-    """JSON text of an entrypoint's result; TypeError/ValueError for what JSON can't hold (NaN too).
-
-    orjson encodes (about 10x faster than the json module on a list of floats); the json module
-    takes over where orjson would differ from it: orjson writes NaN and infinity as null (any
-    "null" in its output sends the value the slow way, so NaN is refused as before), and it
-    refuses integers past 64 bits, non-string keys and str/int subclasses, which json encodes;
-    and it writes non-ASCII text raw where servd has always sent ASCII escapes (some clients split
-    lines on U+2028), so such output is encoded by json too.
-    orjson also encodes a few types the json module refuses (UUID, Enum); dataclasses and
-    datetimes are passed through so they are refused as before.
-    """
-    try:
-        raw: bytes | None = orjson.dumps(value, option=_ORJSON_STRICT)
-    except TypeError:
-        raw = None
-    if raw is not None and raw.isascii() and b"null" not in raw:
-        return raw.decode("ascii")
-    return _ENCODER.encode(value)
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(literal: str) -> float:
-    value = float(literal)
-    if not math.isfinite(value):
-        raise ValueError(f"number {literal[:40]} is too large for a float")
-    return value
-
-
-_ORJSON_STRICT = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_SUBCLASS
-_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
-# servd's own bodies (errors, status, events): compact like every answer, json's rules otherwise.
-compact = json.JSONEncoder(separators=(",", ":")).encode
-_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
-_DIGITS_AS_ZERO = bytes(ord("0") if chr(c).isdigit() and c < 128 else ord(" ") for c in range(256))
-_LONG_DIGIT_RUN = b"0" * 19  # 2**63 has 19 digits: shorter integers are exact in orjson too
 
 
 def _parse_id(message: dict[str, Any]) -> str | int:
@@ -182,66 +125,29 @@ def scheduling(message: dict[str, Any]) -> tuple[int, float | None]:
     return priority, None if deadline_s is None else float(deadline_s)
 
 
-def depth_problem(data: Any, raw: str | bytes, limit: int) -> str | None:
-    """Why `data` (decoded from `raw`, a message or body holding it) is nested too deep, or None.
-
-    Everything past the decoder recurses over the data: input_schema validation, the entrypoint,
-    the result's encoding. Deep data runs them out of stack (a RecursionError that used to fail
-    the request as the model's fault, or drop the websocket), so it is refused here, with the
-    limit named. Cost: data can't be nested deeper than it has `[` and `{`, so counting those in
-    the raw text (a C-speed translate; about 0.3 ns a byte, 1 us for 256 floats) settles almost
-    every message; only one with more brackets than the limit has its decoded data walked, level
-    by level with no recursion (about as long as decoding it took).
-    """
-    if len(raw) <= 2 * limit + 1 or _openers(raw) <= limit or not _deeper_than(data, limit):
-        return None
-    return f"data is nested deeper than server.max_depth={limit} levels of lists and objects"
-
-
-def _openers(raw: str | bytes) -> int:
-    if isinstance(raw, str):
-        raw = raw.encode("utf-8", "surrogatepass")
-    return len(raw.translate(None, _ALL_BUT_OPENERS))
-
-
-def _deeper_than(data: Any, limit: int) -> bool:
-    level = [data] if type(data) in _CONTAINERS else []
-    depth = 0
-    while level:
-        depth += 1
-        if depth > limit:
-            return True
-        below: list[Any] = []
-        for container in level:
-            values = container.values() if type(container) is dict else container
-            below += [value for value in values if type(value) in _CONTAINERS]
-        level = below
-    return False
-
-
-_CONTAINERS = (list, dict)  # all a JSON decoder makes that holds other values
-_ALL_BUT_OPENERS = bytes(c for c in range(256) if c not in b"[{")
-
-
 def encode_id(request_id: str | int | None) -> str:
     return str(request_id) if type(request_id) is int else json.dumps(request_id)
 
 
-def queued(request_id: str | int, rank: int, queue_size: int, eta_s: float | None, kind: str = "queued") -> str:
-    eta = "null" if eta_s is None else f"{eta_s:.3f}"
-    return f'{{"type":"{kind}","id":{encode_id(request_id)},"rank":{rank},"queue_size":{queue_size},"eta_s":{eta}}}'
+def progress(request_id: str | int, event: Progress) -> str:
+    """The websocket message for a progress event: built once per event, as text."""
+    if type(event) is Partial:
+        return f'{{"type":"partial","id":{encode_id(request_id)},"data":{event.data_json}}}'
+    if type(event) is Started:
+        return f'{{"type":"started","id":{encode_id(request_id)}}}'
+    assert isinstance(event, (Queued, Estimation))
+    eta = "null" if event.eta_s is None else f"{event.eta_s:.3f}"
+    return (
+        f'{{"type":"{event.kind}","id":{encode_id(request_id)},"rank":{event.rank},'
+        f'"queue_size":{event.queue_size},"eta_s":{eta}}}'
+    )
 
 
-def estimation(request_id: str | int, rank: int, queue_size: int, eta_s: float | None) -> str:
-    return queued(request_id, rank, queue_size, eta_s, kind="estimation")
-
-
-def started(request_id: str | int) -> str:
-    return f'{{"type":"started","id":{encode_id(request_id)}}}'
-
-
-def partial(request_id: str | int, data_json: str) -> str:
-    return f'{{"type":"partial","id":{encode_id(request_id)},"data":{data_json}}}'
+def progress_body(event: Progress) -> dict[str, Any]:
+    """A progress event as a JSON-ready dict (without the id), for transports that nest it."""
+    if isinstance(event, (Queued, Estimation)):
+        return {"type": event.kind, "rank": event.rank, "queue_size": event.queue_size, "eta_s": event.eta_s}
+    return {"type": event.kind}
 
 
 def timing(queue_s: float, run_s: float, batch_size: int) -> str:
@@ -262,9 +168,3 @@ def terminal(request_id: str | int, outcome: Completed | Failed) -> str:
     if isinstance(outcome, Completed):
         return completed(request_id, outcome.data_json, timing(outcome.queue_s, outcome.run_s, outcome.batch_size))
     return error(request_id, outcome.code, outcome.message)
-
-
-def message_type(message: str) -> str:
-    """The "type" of a server message built here (they all start with {"type":"...")."""
-    start = len('{"type":"')
-    return message[start : message.index('"', start)]

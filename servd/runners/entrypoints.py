@@ -8,6 +8,7 @@ servd.yaml imports whatever directory the daemon was started from.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
 import inspect
 import sys
@@ -20,6 +21,14 @@ from typing import Any
 
 class EntrypointError(ValueError):
     """An entrypoint that cannot be imported, called or instantiated; the message says why."""
+
+
+class OptionsError(EntrypointError):
+    """`options` that the entrypoint's constructor won't take; `option` is the first bad key, if one is."""
+
+    def __init__(self, message: str, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option
 
 
 @dataclass(frozen=True)
@@ -50,6 +59,31 @@ class Entrypoint:
         close = getattr(instance, "close", None)
         return Model(instance, device, self.streams, close, uses_torch=self.uses_torch, code_mtime=self.code_mtime)
 
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """OptionsError unless `options` bind to what `instantiate` will call: the constructor's
+        signature, with `device` passed by servd where the constructor takes it. Checked when the
+        file is (servd check, start, reload), so a misspelt option is named there, not as a
+        TypeError from the constructor when `servd run` loads the model."""
+        if not self.is_class:
+            if options:
+                raise OptionsError(f"{self.ref} is a function; 'options' only apply to class entrypoints")
+            return
+        try:
+            signature = inspect.signature(self.target)
+        except (TypeError, ValueError):
+            return  # a constructor Python can't describe (a C extension's): its call will say
+        if "device" in options and self.accepts_device:
+            raise OptionsError(
+                f"{self.ref} gets its device from the endpoint's `device` key, not from options", "device"
+            )
+        kwargs = dict(options)
+        if self.accepts_device:
+            kwargs["device"] = "cpu"
+        try:
+            signature.bind(**kwargs)
+        except TypeError as exc:
+            raise _options_error(self.ref, signature, options, exc) from None
+
 
 @dataclass(eq=False)
 class Model:
@@ -61,7 +95,7 @@ class Model:
     close: Callable[[], Any] | None = field(default=None)
     uses_torch: bool = False
     code_mtime: float = 0.0
-    reachable: bool = True  # False while a cluster replica is starting, lost or restarting (ray_runner.py)
+    reachable: bool = True  # False while a cluster replica is starting, lost or restarting (runners.ray)
 
 
 _imported_mtime: dict[str, float] = {}
@@ -157,6 +191,22 @@ def _classify(ref: str, target: Any) -> Entrypoint:
 def _reject_async(ref: str, fn: Any) -> None:
     if inspect.iscoroutinefunction(fn) or inspect.isasyncgenfunction(fn):
         raise EntrypointError(f"{ref} is async; servd runs entrypoints on worker threads, so make it a plain def")
+
+
+def _options_error(ref: str, signature: inspect.Signature, options: Mapping[str, Any], exc: TypeError) -> OptionsError:
+    """The binding failure in the file's words: the option it names and the ones the constructor takes."""
+    params = signature.parameters
+    named = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "device"]
+    accepts = f"it accepts {', '.join(named)}" if named else "it takes no options"
+    unknown = [k for k in options if k not in named]
+    if unknown:
+        guess = difflib.get_close_matches(unknown[0], named, n=1)
+        hint = f" (did you mean {guess[0]!r}?)" if guess else ""
+        return OptionsError(f"{ref} takes no option {unknown[0]!r}{hint}; {accepts}", unknown[0])
+    required = [n for n in named if params[n].default is params[n].empty and n not in options]
+    if required:
+        return OptionsError(f"{ref} needs option {required[0]!r} (it has no default); {accepts}")
+    return OptionsError(f"{ref}: options {dict(options)!r} don't fit its constructor ({exc}); {accepts}")
 
 
 def _kwargs_text(kwargs: Mapping[str, Any]) -> str:

@@ -1,13 +1,15 @@
 """servd's replicas on a Ray cluster: one Ray actor per replica, servd's queue in front (#17).
 
-A Replica is a Model whose calls run in an actor (ray_replica.py: it builds the model in its own
-process, on whatever node Ray's scheduler placed it from `resources`, and runs each batch
-through `workers.execute`); the BatchResult comes back as the call's return value. Generator
-entrypoints use a Ray streaming generator: each partial is one item.
+A Replica (runners.ray_placement: what it is made from and reserves) is a model whose calls run
+in an actor (runners.ray_replica: it builds the model in its own process, on whatever node Ray's
+scheduler placed it from `resources`, and runs each batch through `runners.execution.execute`);
+the BatchResult comes back as the call's return value. Generator entrypoints use a Ray streaming
+generator: each partial is one item.
 
 Threading: `RayRunner.run`, `abandon` and every Replica's state are the loop's. Ray reports on
 its own threads (an ObjectRef's future); those only hand the result to the loop
-(IOLoop.add_callback). Ray is imported (here and in ray_replica.py) only when `cluster.engine: ray`.
+(IOLoop.add_callback). Ray is imported (here and in runners.ray_replica) only with
+`cluster.engine: ray`.
 
 Faults: a call that fails because its actor died (process crash, node gone) reports the batch
 `lost`; the endpoint puts it back at the head of its queue (Endpoint.requeue). The replica stops
@@ -21,133 +23,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import os
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tornado.ioloop import IOLoop
 
 from servd.config.spec import ClusterSpec, EndpointSpec
+from servd.runners import ray_logs
 from servd.runners.entrypoints import Entrypoint, EntrypointError, Model
-from servd.runners.local import BatchResult, CancelledBeforeStart, Job, Outcome
+from servd.runners.ray_placement import (
+    Replica,
+    ReplicaLost,
+    actor_options,
+    prepare_environment,
+    replica_key,
+    unsatisfiable,
+    wanted_replicas,
+)
 from servd.runners.ray_replica import RemoteError, ReplicaActor, described
+from servd.runners.seam import (
+    BatchResult,
+    CancelledBeforeStart,
+    Capabilities,
+    Job,
+    Liner,
+    Outcome,
+    Replicas,
+    ReplicaState,
+    ReplicaView,
+)
 
-MAX_RESTARTS = 3  # Ray restarts a replica whose process or node died this many times, then it is dead
 PLACEMENT_WAIT_S = 30.0  # a new replica not placed by then is served once it is (pending meanwhile)
 CLOSE_TIMEOUT_S = 10.0
 PROBE_AGAIN_S = 0.5  # a replica Ray can't reach yet is asked again this often
-INSTALL_HINT = "pip install 'servd[ray]'"
-
-
-class RayMissing(EntrypointError):
-    """cluster.engine: ray without Ray installed."""
-
-
-def prepare_environment(cluster: ClusterSpec) -> None:
-    """Before Ray is first imported (it reads these then): no usage statistics unless the user set
-    RAY_USAGE_STATS_ENABLED; for a private instance, loopback addresses kept as 127.0.0.1 (Ray
-    otherwise swaps in the host's routable address and listens there)."""
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if cluster.address is None:
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-
-
-def require_ray(cluster: ClusterSpec) -> None:
-    """Raise RayMissing, naming the extra to install, if Ray can't be imported."""
-    prepare_environment(cluster)
-    try:
-        import ray  # noqa: F401 - only whether it imports
-    except ImportError as exc:
-        raise RayMissing(f"cluster.engine: ray needs Ray, which is not installed ({exc}); {INSTALL_HINT}") from None
-
-
-class ReplicaLost(Exception):
-    """The actor running a call died (its process or node); `streamed`: the request had sent partials."""
-
-    def __init__(self, message: str, streamed: bool = False) -> None:
-        super().__init__(message)
-        self.streamed = streamed
-
-
-@dataclass(eq=False)
-class Replica(Model):
-    """One actor serving an endpoint. `state`: starting | live | restarting | dead."""
-
-    actor: Any = None
-    endpoint: str = ""
-    key: tuple[Any, ...] = ()
-    state: str = "starting"
-    error: str | None = None
-    node_id: str | None = None
-    probing: bool = False
-    started: asyncio.Future[None] | None = field(default=None, repr=False)
-
-
-def replica_key(spec: EndpointSpec, entry: Entrypoint) -> tuple[Any, ...]:
-    """What a replica is made from: equal keys mean a running replica can be kept on reload."""
-    return (*spec.model_key, repr(sorted(spec.resources.items())), spec.concurrency, entry.code_mtime)
-
-
-def wanted_replicas(spec: EndpointSpec, cluster_gpus: float) -> int:
-    """`replicas` as a count: per_gpu is one per GPU in the cluster (each reserving one)."""
-    if spec.replicas == "per_gpu":
-        per = spec.resources.get("num_gpus") or 1.0
-        return int(cluster_gpus // per)
-    return int(spec.replicas)
-
-
-@dataclass(frozen=True)
-class Reservation:
-    """What one replica of an endpoint reserves, in Ray's terms (from `resources`)."""
-
-    num_cpus: float
-    num_gpus: float
-    memory: int | None  # bytes
-    custom: dict[str, float]
-
-    @classmethod
-    def of(cls, spec: EndpointSpec) -> Reservation:
-        custom = dict(spec.resources)
-        cpus = custom.pop("num_cpus", 1.0)
-        gpus = custom.pop("num_gpus", 0.0) or (1.0 if spec.replicas == "per_gpu" else 0.0)
-        memory_gb = custom.pop("memory_gb", None)
-        return cls(cpus, gpus, int(memory_gb * 1024**3) if memory_gb else None, custom)
-
-
-def actor_options(spec: EndpointSpec) -> dict[str, Any]:
-    """Ray actor options from `resources` (and `concurrency`: one more thread for ready/close)."""
-    reserved = Reservation.of(spec)
-    options: dict[str, Any] = {
-        "num_cpus": reserved.num_cpus,
-        "num_gpus": reserved.num_gpus,
-        "max_restarts": MAX_RESTARTS,
-        "max_task_retries": 0,  # servd re-queues a lost batch itself, at the head of its queue
-        "max_concurrency": spec.concurrency + 1,
-    }
-    if reserved.memory:
-        options["memory"] = reserved.memory
-    if reserved.custom:
-        options["resources"] = reserved.custom
-    return options
-
-
-def unsatisfiable(spec: EndpointSpec, nodes: list[Mapping[str, float]]) -> str | None:
-    """A warning if no node's total resources could ever hold one replica of `spec`."""
-    reserved = Reservation.of(spec)
-    need = {"CPU": reserved.num_cpus, "GPU": reserved.num_gpus, "memory": reserved.memory or 0, **reserved.custom}
-    need = {k: v for k, v in need.items() if v}
-    if any(all(node.get(k, 0.0) >= v for k, v in need.items()) for node in nodes):
-        return None
-    shown = ", ".join(f"{k}={v:g}" for k, v in sorted(need.items()))
-    return (
-        f"endpoints.{spec.name}.resources: no node of the cluster has {shown}; "
-        "its replicas stay pending (requests wait until queue.timeout_s)"
-    )
 
 
 # -- the driver side (servd's process) ---------------------------------------------------------
+
+
+REPLICAS = Capabilities(replicas=True)
 
 
 class RayRunner:
@@ -166,6 +81,30 @@ class RayRunner:
         self.search_dirs: list[str] = []
         self.connected = False
 
+    # the seam
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return REPLICAS
+
+    async def prepare(self, search_path: list[str]) -> None:
+        """Join the cluster, off the loop (it takes seconds)."""
+        await self._loop.run_in_executor(None, self.connect, search_path)
+        ray_logs.reclaim_sigterm()  # ray.init gave SIGTERM to its C++ stack dumper (ray_logs.py)
+
+    async def load(
+        self, spec: EndpointSpec, entry: Entrypoint, placed: tuple[str, ...], running: Sequence[Model]
+    ) -> list[Model]:
+        return await self.replicas_for(spec, entry, list(running))
+
+    def describe(self, spec: EndpointSpec, models: Sequence[Model]) -> Replicas | None:
+        replicas = [m for m in models if isinstance(m, Replica)]
+        wanted = spec.replicas if isinstance(spec.replicas, int) else len(replicas)
+        return Replicas(wanted, tuple(ReplicaView(r.state, r.node_id, r.error) for r in replicas))
+
+    def liner(self) -> Liner | None:
+        return None  # a call's round trip to an actor is the cost a line saves locally; nothing to chain
+
     # connection
 
     def connect(self, search_dirs: list[str]) -> None:
@@ -183,7 +122,9 @@ class RayRunner:
             kwargs["runtime_env"] = dict(self.cluster.runtime_env)
         if self.cluster.address is None:
             kwargs["include_dashboard"] = False
-        ray.init(**kwargs)
+        with ray_logs.python_logs_captured():
+            ray.init(**kwargs)
+        ray_logs.forward_output()
         self.connected = True
         self.search_dirs = search_dirs
         self._actor_class = ray.remote(ReplicaActor)
@@ -207,7 +148,9 @@ class RayRunner:
         raises EntrypointError if one fails to start (its constructor raised): nothing retried."""
         key = replica_key(spec, entry)
         count = wanted_replicas(spec, await self._loop.run_in_executor(None, self.cluster_gpus))
-        kept = [m for m in running if isinstance(m, Replica) and m.key == key and m.state != "dead"][:count]
+        kept = [m for m in running if isinstance(m, Replica) and m.key == key and m.state is not ReplicaState.DEAD][
+            :count
+        ]
         new = [self._start(spec, entry, key) for _ in range(count - len(kept))]
         warning = unsatisfiable(spec, await self._loop.run_in_executor(None, self.nodes))
         if warning is not None:
@@ -240,14 +183,14 @@ class RayRunner:
         if waits:
             await asyncio.wait(waits, timeout=PLACEMENT_WAIT_S)
         for replica in replicas:
-            if replica.state == "dead":
+            if replica.state is ReplicaState.DEAD:
                 raise EntrypointError(f"a replica of {replica.endpoint!r} failed to start: {replica.error}")
-            if replica.state == "starting":
+            if replica.state is ReplicaState.STARTING:
                 self._log().warning("replica pending", endpoint=replica.endpoint, waited_s=PLACEMENT_WAIT_S)
 
     def _probe(self, replica: Replica) -> None:
         """Ask the actor `ready` (answered once Ray has (re)started it); the answer goes to the loop."""
-        if replica.probing or replica.state == "dead":
+        if replica.probing or replica.state is ReplicaState.DEAD:
             return
         replica.probing = True
         future = replica.actor.ready.remote().future()
@@ -255,7 +198,7 @@ class RayRunner:
 
     def _probed(self, replica: Replica, future: Any) -> None:
         replica.probing = False
-        if replica.state == "dead":
+        if replica.state is ReplicaState.DEAD:
             return
         try:
             _, replica.node_id = future.result()
@@ -263,20 +206,20 @@ class RayRunner:
             if _is_transient(exc):  # Ray is still restarting it, or can't reach it yet: ask again
                 self._loop.call_later(PROBE_AGAIN_S, self._probe, replica)
                 return
-            replica.state, replica.reachable, replica.error = "dead", False, _cause(exc)
+            replica.state, replica.reachable, replica.error = ReplicaState.DEAD, False, _cause(exc)
             self._log().error("replica dead", endpoint=replica.endpoint, error=replica.error)
         else:
             was = replica.state
-            replica.state, replica.reachable = "live", True
-            if was == "restarting":
+            replica.state, replica.reachable = ReplicaState.LIVE, True
+            if was is ReplicaState.RESTARTING:
                 self._log().info("replica restarted", endpoint=replica.endpoint, node=replica.node_id)
         if replica.started is not None and not replica.started.done():
             replica.started.set_result(None)
         self.wake(replica)
 
     def _lost(self, replica: Replica, exc: BaseException) -> None:
-        if replica.state in ("live", "starting"):
-            replica.state, replica.reachable = "restarting", False
+        if replica.state in (ReplicaState.LIVE, ReplicaState.STARTING):
+            replica.state, replica.reachable = ReplicaState.RESTARTING, False
             self._log().warning("replica lost", endpoint=replica.endpoint, error=_cause(exc))
             self.wake(replica)
         self._probe(replica)
@@ -285,8 +228,8 @@ class RayRunner:
         """Worker thread: the model's close() in the actor, then the actor ended (once)."""
         import ray
 
-        was_live = replica.state == "live"  # a pending or lost replica has no model to close
-        replica.state, replica.reachable = "dead", False
+        was_live = replica.state is ReplicaState.LIVE  # a pending or lost replica has no model to close
+        replica.state, replica.reachable = ReplicaState.DEAD, False
         actor, replica.actor = replica.actor, None
         if actor is None:
             return

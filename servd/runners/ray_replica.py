@@ -1,10 +1,15 @@
-"""What runs inside a replica's actor, in one of Ray's worker processes (ray_runner.py starts it).
+"""What runs inside a replica's actor, in one of Ray's worker processes (runners.ray starts it).
 
 The actor imports the entrypoint and builds the model in its own process, then runs each batch
-through `workers.execute`, so failure isolation (bisection) and out-of-memory halving happen
+through `runners.execution.execute`, so failure isolation (bisection) and out-of-memory halving happen
 here exactly as on one machine. Errors that can't be pickled go back described. A call's
 "is it still wanted" is Ray's cancellation: ray.cancel on the driver, is_canceled() here.
 Ray itself is imported only inside the functions that ask it something.
+
+Threading: Ray runs the actor's methods on the actor's own thread. A streaming call (`run_stream`)
+runs `execute` on a helper thread and hands its partials over a queue; the actor's thread yields
+them and watches for ray.cancel (only it can see it), clearing the flag the call reads. Nothing
+here runs on servd's loop.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from typing import Any
 
 from servd.runners import devices, entrypoints
 from servd.runners.entrypoints import Model
-from servd.runners.local import BatchResult, Job, execute
+from servd.runners.execution import execute
+from servd.runners.seam import BatchResult, Job
 
 
 class RemoteError(Exception):

@@ -1,15 +1,21 @@
-"""Tables for the README, generated from their sources so the docs can't drift.
+"""Tables for the documentation site, generated from their sources so the docs can't drift.
 
 `python -m servd.tools.docs settings` prints the settings table from the JSON Schema;
 `python -m servd.tools.docs metrics` prints the metrics table from the daemon's registry.
-tests/test_readme.py checks that the README holds exactly these tables.
+`python -m servd.tools.docs --write` puts both into their pages in a checkout
+(docs/reference/settings.md and metrics.md, between their `<!-- NAME-table -->` markers);
+tests/test_docs_site.py checks that the pages hold exactly these tables.
+
+Runs in the caller's thread; nothing here starts a loop or a daemon.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 from servd.config.schema import deref, load_schema
@@ -61,12 +67,48 @@ def metrics_table() -> str:
     return "\n".join(rows)
 
 
+# Each table's generator, and where it lives in a checkout with the name of its markers.
+TABLES: dict[str, Callable[[], str]] = {"settings": settings_table, "metrics": metrics_table}
+PAGES: dict[str, tuple[str, str]] = {
+    "settings": ("docs/reference/settings.md", "settings-table"),
+    "metrics": ("docs/reference/metrics.md", "metrics-table"),
+}
+
+
+def replace_block(text: str, marker: str, table: str) -> str:
+    """`text` with what stands between `<!-- marker -->` and `<!-- /marker -->` replaced by `table`."""
+    pattern = re.compile(rf"(<!-- {marker} -->\n).*?(\n<!-- /{marker} -->)", re.S)
+    if not pattern.search(text):
+        raise ValueError(f"no <!-- {marker} --> ... <!-- /{marker} --> block")
+    return pattern.sub(lambda m: m.group(1) + table + m.group(2), text, count=1)
+
+
+def write_pages(root: Path) -> list[Path]:
+    """Rewrite each table in its page under `root` (a checkout); the pages that changed."""
+    changed = []
+    for name, (relative, marker) in PAGES.items():
+        path = root / relative
+        text = path.read_text("utf-8")
+        new = replace_block(text, marker, TABLES[name]())
+        if new != text:
+            path.write_text(new, "utf-8")
+            changed.append(path)
+    return changed
+
+
 def main(argv: list[str]) -> int:
-    tables = {"settings": settings_table, "metrics": metrics_table}
-    if len(argv) != 1 or argv[0] not in tables:
-        print("usage: python -m servd.tools.docs settings|metrics", file=sys.stderr)
+    if argv == ["--write"]:
+        root = Path.cwd()
+        if not (root / "mkdocs.yml").exists():
+            print("servd.tools.docs: --write runs at the root of a checkout (where mkdocs.yml is)", file=sys.stderr)
+            return 1
+        for path in write_pages(root):
+            print(f"wrote {path.relative_to(root)}")
+        return 0
+    if len(argv) != 1 or argv[0] not in TABLES:
+        print("usage: python -m servd.tools.docs settings|metrics|--write", file=sys.stderr)
         return 2
-    print(tables[argv[0]]())
+    print(TABLES[argv[0]]())
     return 0
 
 

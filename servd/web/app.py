@@ -26,7 +26,7 @@ def make_app(daemon: Daemon) -> Application:
     feed = LiveFeed(daemon)  # samples the endpoints from now on, for the console's charts
     return Application(
         [
-            (r"/", console.ConsolePage, deps),
+            (r"/", console.ConsolePage, {**deps, "feed": feed}),  # the page carries its first snapshot
             (r"/console/(?P<file>[A-Za-z0-9_.-]+)", console.ConsolePage, deps),
             (r"/openapi.json", console.OpenAPIDocument, deps),
             (r"/v1/events", events.Events, {**deps, "feed": feed}),
@@ -55,6 +55,7 @@ def make_app(daemon: Daemon) -> Application:
         default_handler_args=deps,
         compress_response=False,
         log_function=functools.partial(_access_log, daemon),
+        servd_note_rejected=daemon.note_rejected,  # the listener counts connections it refuses
     )
 
 

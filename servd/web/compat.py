@@ -6,20 +6,23 @@ attribute. An upgrade that moves one of these must fail loudly, not slow down or
 silently: `missing()` lists what is gone, tests/test_compat.py asserts it is empty, and setup.cfg
 pins the versions tested. Where a short cut's internals are missing at run time, servd falls back
 to the library's public path (websockets) or raises a clear error at start (the listener).
+The websocket protocol here also adds the one RFC 6455 check Tornado lacks (unmasked client
+frames). Loop thread only, as everything of Tornado's.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client.metrics import MetricWrapperBase
 from tornado.httpserver import HTTPServer
 from tornado.httputil import HTTPHeaders, HTTPServerRequest, RequestStartLine
 from tornado.iostream import IOStream
 from tornado.web import Application, RequestHandler
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol, WebSocketProtocol13
+
+from servd.obs import prometheus_compat
 
 FIN_TEXT = 0x81  # final frame, text opcode
 
@@ -81,6 +84,8 @@ def fast_send_supported(conn: Any) -> bool:
 
 
 READ_CHUNK = 65536
+MASKED = 0x80  # the mask bit, in a frame's second byte
+PROTOCOL_ERROR = 1002
 
 
 class BufferedFrames(WebSocketProtocol13):
@@ -91,13 +96,26 @@ class BufferedFrames(WebSocketProtocol13):
     small request. Here `_read_bytes`, which Tornado's frame parser calls for each field, serves
     those reads from a local buffer filled by one `read_bytes(partial=True)` per arrival. The
     frame parsing, its checks (size limit, masking, fragments, control frames) and the closing
-    handshake are Tornado's own; only where the bytes come from changes.
+    handshake are Tornado's own; only where the bytes come from changes, and one check is added
+    (`_receive_frame`: a client's frames are masked).
     """
 
     _buffer: bytearray | None = None  # set on the first read
     _offset = 0
 
-    async def _read_bytes(self, n: int) -> bytes:
+    async def _receive_frame(self) -> None:
+        """Tornado's frame parser, after the one check it lacks: RFC 6455 5.1, "a server MUST close
+        the connection upon receiving a frame that is not masked". An unmasked frame is answered
+        with a close frame (1002, protocol error) and the connection is closed at once."""
+        buffer = await self.fill(2)
+        if not buffer[self._offset + 1] & MASKED:
+            self.close(PROTOCOL_ERROR, "a client's frames must be masked (RFC 6455 section 5.1)")
+            self._abort()
+            return
+        await super()._receive_frame()
+
+    async def fill(self, n: int) -> bytearray:
+        """The buffer, holding at least `n` unread bytes (from `_offset`)."""
         buffer = self._buffer
         if buffer is None:
             buffer = self._buffer = bytearray()
@@ -106,6 +124,10 @@ class BufferedFrames(WebSocketProtocol13):
                 del buffer[: self._offset]
                 self._offset = 0
             buffer += await self.stream.read_bytes(READ_CHUNK, partial=True)
+        return buffer
+
+    async def _read_bytes(self, n: int) -> bytes:
+        buffer = await self.fill(n)
         start, end = self._offset, self._offset + n
         data = bytes(buffer[start:end])
         if end == len(buffer):
@@ -137,11 +159,19 @@ def install_accept(server: HTTPServer, sock: Any, make_handler: Callable[..., Ca
     server._handlers[sock.fileno()] = make_handler(sock, server._handle_connection)
 
 
-def set_connection_limits(server: HTTPServer, *, max_body_size: int, header_timeout: float) -> None:
-    """Body cap and header timeout for HTTP connections accepted from now on (read per connection)."""
+def set_connection_limits(
+    server: HTTPServer, *, max_body_size: int, header_timeout: float, body_timeout: float
+) -> None:
+    """Body cap, header and body timeouts for HTTP connections accepted from now on (read per connection)."""
     params = server.conn_params
     params.max_body_size = max_body_size
     params.header_timeout = header_timeout
+    params.body_timeout = body_timeout
+
+
+def http_connection_count(server: HTTPServer) -> int:
+    """The server's open HTTP/1 connections (a websocket's leaves this count at its upgrade)."""
+    return len(server._connections)
 
 
 def http_streams(server: HTTPServer) -> Iterator[IOStream]:
@@ -173,33 +203,30 @@ def reason(handler: RequestHandler) -> str:
     return str(handler._reason)
 
 
-# -- prometheus_client ---------------------------------------------------------------------
-
-
-def labelled_children(metric: MetricWrapperBase) -> Iterable[tuple[str, ...]]:
-    """The label-value tuples a labelled metric holds (prometheus_client has no public listing)."""
-    return [tuple(key) for key in metric._metrics]
-
-
 # -- the check -----------------------------------------------------------------------------
 
 REQUIRED: tuple[tuple[str, Any, str], ...] = (
     ("tornado", RequestHandler, "_unimplemented_method"),
     ("tornado", WebSocketProtocol13, "_read_bytes"),
-    ("tornado", WebSocketProtocol13, "_write_frame"),
+    ("tornado", WebSocketProtocol13, "_receive_frame"),
+    ("tornado", WebSocketProtocol13, "_abort"),
     ("tornado", HTTPServer, "_handle_connection"),
 )
 REQUIRED_ON_INSTANCES = (
     ("tornado", "HTTPServer()", ("_sockets", "_handlers", "_connections", "conn_params")),
-    ("tornado", "WebSocketProtocol13(...)", ("_message_bytes_out", "_wire_bytes_out", "_compressor", "mask_outgoing")),
+    (
+        "tornado",
+        "WebSocketProtocol13(...)",
+        ("_message_bytes_out", "_wire_bytes_out", "_wire_bytes_in", "_compressor", "mask_outgoing"),
+    ),
     ("tornado", "RequestHandler(...)", ("_reason", "_headers_written", "_finished")),
-    ("prometheus_client", "Counter(..., labelnames)", ("_metrics",)),
 )
 
 
 def missing() -> list[str]:
     """The private names servd relies on that the installed libraries no longer have."""
     gone = [f"{lib}: {owner.__name__}.{name}" for lib, owner, name in REQUIRED if not _has_class_attr(owner, name)]
+    gone += prometheus_compat.missing()
     for lib, what, names in REQUIRED_ON_INSTANCES:
         instance = _sample(what)
         gone += [f"{lib}: {what}.{name}" for name in names if not hasattr(instance, name)]
@@ -227,9 +254,7 @@ def _sample(what: str) -> Any:
         start = RequestStartLine("GET", "/", "HTTP/1.1")
         headers = HTTPHeaders({"Host": "localhost"})
         return RequestHandler(Application(), HTTPServerRequest(start_line=start, headers=headers, connection=_Conn()))  # type: ignore[arg-type]
-    from prometheus_client import CollectorRegistry, Counter
-
-    return Counter("servd_compat_probe", "probe", ["label"], registry=CollectorRegistry())
+    raise ValueError(what)
 
 
 class _Conn:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from tornado.ioloop import PeriodicCallback
 
 from servd.core.stats import percentile
-from servd.protocols import ws_messages as protocol
+from servd.inputs import jsontext
 from servd.web.snapshot import endpoint_snapshot
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class LiveFeed:
         self.reloads: deque[dict[str, Any]] = deque(maxlen=RELOADS_KEPT)
         if daemon.last_reload is not None:
             self.reloads.append(daemon.last_reload)
-        self._last_tick = time.time()
+        self._last_tick = time.monotonic()  # rates are measured on the monotonic clock; points carry wall time
         daemon.reload_observers.append(self._on_reload)
         self._timer = PeriodicCallback(self._tick, interval_s * 1000)
         self._timer.start()
@@ -125,14 +125,17 @@ class LiveFeed:
         if self.daemon.shutting_down and not self.subscribers:
             self._timer.stop()  # the front has closed every stream; nothing more to say
             return
-        self.sample(time.time())
+        self.sample(time.time(), time.monotonic())
         if self.subscribers:
             self._broadcast("status", self.status(), droppable=True)
 
-    def sample(self, now: float) -> None:
-        """One history point per endpoint: completions since the last tick, per second, and their p99."""
-        elapsed = max(1e-3, now - self._last_tick)
-        self._last_tick = now
+    def sample(self, now: float, ticked_at: float) -> None:
+        """One history point per endpoint: completions since the last tick, per second, and their p99.
+
+        `now` is the point's timestamp (wall clock, for a chart); `ticked_at` the monotonic clock,
+        so an NTP step can't skew the rate."""
+        elapsed = max(1e-3, ticked_at - self._last_tick)
+        self._last_tick = ticked_at
         endpoints = self.daemon.endpoints
         for name in [n for n in self.series if n not in endpoints]:
             del self.series[name]
@@ -165,4 +168,4 @@ class LiveFeed:
 
 def sse(kind: str, body: dict[str, Any]) -> str:
     """One server-sent event; JSON text has no raw newlines, so `data:` is one line."""
-    return f"event: {kind}\ndata: {protocol.compact(body)}\n\n"
+    return f"event: {kind}\ndata: {jsontext.compact(body)}\n\n"

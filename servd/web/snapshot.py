@@ -1,4 +1,8 @@
-"""An endpoint's effective config and live stats, as /v1/endpoints and /v1/status show them."""
+"""An endpoint's effective config and live stats, as /v1/endpoints and /v1/status show them.
+
+Loop thread only: it reads an endpoint's live state (queue, batches, stats) as it stands between
+two events, so a snapshot is consistent without locks. Replicas come from the runner's `describe`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from typing import Any
 
 from servd.core.endpoint import Endpoint
 from servd.core.stats import quantiles
-from servd.runners.ray import RayRunner, Replica
 
 
 def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
@@ -32,7 +35,7 @@ def endpoint_snapshot(endpoint: Endpoint) -> dict[str, Any]:
         "input_schema": None if spec.input_schema is None else dict(spec.input_schema),
         "openai": None if spec.openai is None else {"model": spec.openai.model},
         "accepting": endpoint.accepting,
-        "replicas": replica_counts(endpoint),
+        "replicas": None if (replicas := endpoint.replicas()) is None else replicas.as_json(),
         "stats": _live_stats(endpoint),
     }
 
@@ -57,20 +60,4 @@ def _live_stats(endpoint: Endpoint) -> dict[str, Any]:
         "wait_s": quantiles(stats.waits),
         "run_s": quantiles(stats.runs),
         "eta_error_s": quantiles(stats.eta_errors),
-    }
-
-
-def replica_counts(endpoint: Endpoint) -> dict[str, Any] | None:
-    """With cluster.engine: ray, the endpoint's replicas: wanted, live, pending (starting or
-    restarting), dead, and each one's state and node; None on one machine."""
-    if not isinstance(endpoint.runner, RayRunner):
-        return None
-    replicas = [i.model for i in endpoint.instances.current if isinstance(i.model, Replica)]
-    wanted = endpoint.spec.replicas if isinstance(endpoint.spec.replicas, int) else len(replicas)
-    return {
-        "wanted": wanted,
-        "live": sum(1 for r in replicas if r.state == "live"),
-        "pending": sum(1 for r in replicas if r.state in ("starting", "restarting")),
-        "dead": sum(1 for r in replicas if r.state == "dead"),
-        "each": [{"state": r.state, "node": r.node_id, "error": r.error} for r in replicas],
     }

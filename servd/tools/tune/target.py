@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import servd
 from servd.config.schema import SpecError
 from servd.config.yamledit import save_atomically
 from servd.tools import status
@@ -118,7 +119,7 @@ class Target:
         target.log = Path(log_name)
         with os.fdopen(log_fd, "wb") as log:
             target.proc = subprocess.Popen(
-                [sys.executable, "-m", "servd", "run", str(scratch), "--host", "127.0.0.1", "--port", "0"],
+                [*servd_command(), "run", str(scratch), "--host", "127.0.0.1", "--port", "0"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         return target
@@ -216,6 +217,22 @@ class Target:
         if self.log is not None:
             self.log.unlink(missing_ok=True)
         return warnings
+
+
+def servd_command() -> list[str]:
+    """`servd` as this very process runs it, whatever the current directory holds.
+
+    Not `python -m servd`: -m puts the current directory first on sys.path, so a `servd` folder
+    there (another clone, an old checkout) would be imported instead, and fail
+    (`ImportError: cannot import name '__version__'`). Here the child's sys.path[0] is the
+    directory this servd package was imported from, nothing else moves (PYTHONPATH, site-packages
+    stay), and the user's entrypoints are found as `servd run` finds them: beside the config file
+    (servd.runners.entrypoints puts its directory first), and the scratch copy sits beside the
+    user's file, so that directory is the same.
+    """
+    root = str(Path(servd.__file__).resolve().parent.parent)
+    code = f"import sys; sys.path[0] = {root!r}; from servd.cli import main; sys.argv[0] = 'servd'; sys.exit(main())"
+    return [sys.executable, "-c", code]
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

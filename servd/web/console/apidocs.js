@@ -23,12 +23,28 @@ export function pythonLiteral(value, indent = "") {
   return flat.length <= 80 ? flat : `{\n${inner}${entries.join(`,\n${inner}`)},\n${indent}}`;
 }
 
-export function snippets(name, data, { tokens, apiOpen, origin = location.origin }) {
+// chat: for an endpoint with an openai: block, the body of POST /v1/chat/completions (or null).
+export function snippets(name, data, { tokens, apiOpen, chat = null, origin = location.origin }) {
   const wsOrigin = origin.replace(/^http/, "ws");
   const auth = tokens ? ` -H "Authorization: Bearer $SERVD_TOKEN"` : "";
   const body = JSON.stringify({ data });
   const message = JSON.stringify({ type: "submit", id: 1, endpoint: name, data });
   const list = [];
+  if (apiOpen && chat) {
+    list.push(["curl, OpenAI chat completions",
+      `curl -s ${origin}/v1/chat/completions${auth} \\\n  -H 'Content-Type: application/json' -d ${shellQuote(JSON.stringify(chat))}`]);
+    const { model, messages, ...rest } = chat;
+    const extra = Object.entries(rest).map(([key, value]) => `, ${key}=${pythonLiteral(value, "    ")}`).join("");
+    list.push(["Python (openai)", [
+      "import os",
+      "",
+      "from openai import OpenAI",
+      "",
+      `client = OpenAI(base_url="${origin}/v1", api_key=os.environ.get("SERVD_TOKEN", "none"))`,
+      `reply = client.chat.completions.create(model=${JSON.stringify(model)}, messages=${pythonLiteral(messages)}${extra})`,
+      "print(reply.choices[0].message.content)",
+    ].join("\n")]);
+  }
   if (apiOpen) {
     list.push(["curl", `curl -s ${origin}/v1/endpoints/${name}${auth} \\\n  -H 'Content-Type: application/json' -d ${shellQuote(body)}`]);
     list.push(["curl, streamed (server-sent events)",
@@ -84,17 +100,19 @@ export class ApiPage {
       return;
     }
     const input = doc.components.schemas[`${this.name}.input`] || {};
-    const data = input.examples ? input.examples[0] : "hello";
     const snapshot = state.endpoints.get(this.name);
+    const data = input.examples ? input.examples[0] : snapshot ? this.ctx.example(snapshot).value : null;
+    const chat = this.ctx.chatExample(snapshot);
     const apiOpen = snapshot ? snapshot.api_open : true;
     const tokens = Boolean(doc.components.securitySchemes);
     const parts = [];
     if (!apiOpen) parts.push(h("p", { class: "note", text: "The HTTP API of this endpoint is closed (api_open: false): use the websocket queue." }));
     if (tokens) parts.push(h("p", { class: "quiet", text: "Set SERVD_TOKEN to one of the tokens of server.tokens_file first." }));
-    parts.push(...snippets(this.name, data, { tokens, apiOpen }).map(([title, text], i) => snippet(title, text, i)));
+    if (chat && apiOpen) parts.push(h("p", { text: `This endpoint is also the OpenAI-compatible chat model "${chat.model}": POST /v1/chat/completions, or any OpenAI client pointed at ${location.origin}/v1.` }));
+    parts.push(...snippets(this.name, data, { tokens, apiOpen, chat }).map(([title, text], i) => snippet(title, text, i)));
     const schema = { ...input };
     delete schema.examples;
-    parts.push(h("section", {}, h("h3", { text: "Request data (input_schema)" }), h("pre", { class: "json", text: pretty(schema) })));
+    parts.push(h("section", {}, h("h3", { text: "Request data (/v1/endpoints and the websocket)" }), h("pre", { class: "json", text: pretty(schema) })));
     parts.push(responses(path.post.responses, doc));
     parts.push(h("p", { class: "quiet", text: `The whole OpenAPI 3.1 document: GET ${location.origin}/openapi.json` }));
     this.body.replaceChildren(...parts);

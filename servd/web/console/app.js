@@ -1,9 +1,11 @@
 // The console's entry point: the token gate, the live event stream, and the router.
 //
 // Nothing of the deployment is fetched or shown until servd accepts the token (when it asks for
-// one). The state below is filled from GET /v1/events (status once a second, reloads as they
-// happen) and /openapi.json (fetched again when the config's generation changes); the page on
-// show redraws from it on each event.
+// one). The state below starts from the snapshot servd put in the page (#first-state: the event
+// stream's first hello and status, and each endpoint's example request; absent when a token is
+// needed), drawn before the stream opens so the page is never blank, and is then kept by GET
+// /v1/events (status once a second, reloads as they happen) and /openapi.json (fetched again when
+// the config's generation changes); the page on show redraws from it on each event.
 
 import { ApiPage } from "./apidocs.js";
 import { Queue, Unauthorized, getJSON, readEvents, token } from "./api.js";
@@ -16,7 +18,7 @@ const forget = document.getElementById("forget");
 const HISTORY_POINTS = 300;
 const STALE_MS = 3500;
 
-const state = { status: null, endpoints: new Map(), history: new Map(), reloads: [], doc: null, docGeneration: null, seenAt: 0 };
+const state = { status: null, endpoints: new Map(), history: new Map(), reloads: [], doc: null, docGeneration: null, seenAt: 0, examples: null };
 const queue = new Queue();
 let view = null;
 let routeKey = null;
@@ -31,15 +33,32 @@ const ctx = {
     const found = codes.find((c) => c.const === code);
     return found ? found.description : "";
   },
+  // The request the try-it form starts from, as servd's examples.data_example made it for the
+  // generation on show (from /openapi.json, or the page's first state until that arrives);
+  // `final` is false for a stand-in, which the form replaces once the real one is known.
   example(snapshot) {
-    const input = state.doc && state.doc.components.schemas[`${snapshot.name}.input`];
-    if (input && input.examples) return input.examples[0];
-    return fallbackExample(snapshot.input_schema);
+    const input = currentDoc() && state.doc.components.schemas[`${snapshot.name}.input`];
+    if (input && input.examples) return { value: input.examples[0], final: true };
+    const first = currentExamples() && state.examples.byName[snapshot.name];
+    if (first) return { value: first.data, final: true };
+    return { value: fallbackExample(snapshot.input_schema), final: false };
+  },
+  // The body for POST /v1/chat/completions of an endpoint with an openai: block, or null.
+  chatExample(snapshot) {
+    if (!snapshot || !snapshot.openai) return null;
+    const examples = currentDoc() && state.doc.paths["/v1/chat/completions"]?.post.requestBody.content["application/json"].examples;
+    if (examples && examples[snapshot.openai.model]) return examples[snapshot.openai.model].value;
+    const first = currentExamples() && state.examples.byName[snapshot.name];
+    return first ? first.chat : null;
   },
 };
 
+const generation = () => (state.status ? state.status.generation : null);
+const currentDoc = () => Boolean(state.doc) && state.docGeneration === generation();
+const currentExamples = () => Boolean(state.examples) && state.examples.generation === generation();
+
 function fallbackExample(schema) {
-  if (!schema) return "hello";
+  if (!schema) return null;
   const kind = Array.isArray(schema.type) ? schema.type[0] : schema.type;
   return { object: {}, array: [], string: "", number: 0, integer: 0, boolean: false }[kind] ?? null;
 }
@@ -102,7 +121,7 @@ forget.addEventListener("click", () => {
 });
 
 function clearState() {
-  Object.assign(state, { status: null, reloads: [], doc: null, docGeneration: null });
+  Object.assign(state, { status: null, reloads: [], doc: null, docGeneration: null, examples: null });
   state.endpoints.clear();
   state.history.clear();
 }
@@ -110,6 +129,13 @@ function clearState() {
 // -- the event stream ------------------------------------------------------------------------
 
 function onEvent(type, body) {
+  applyEvent(type, body);
+  live.textContent = "live";
+  live.dataset.state = "live";
+  if (view) view.update(state);
+}
+
+function applyEvent(type, body) {
   if (type === "hello") {
     state.history = new Map(Object.entries(body.history));
     state.reloads = body.reloads;
@@ -123,9 +149,6 @@ function onEvent(type, body) {
   } else if (type === "reload") {
     state.reloads = [...state.reloads, body].slice(-10);
   }
-  live.textContent = "live";
-  live.dataset.state = "live";
-  if (view) view.update(state);
 }
 
 function appendSample(sample) {
@@ -192,5 +215,34 @@ setInterval(() => {
   }
 }, 1000);
 
-if (token.needed() && !token.get()) showGate(false);
-else connect();
+// -- the start -----------------------------------------------------------------------------
+
+function firstState() {
+  const block = document.getElementById("first-state");
+  try {
+    return block ? JSON.parse(block.textContent) : null;
+  } catch {
+    return null;
+  }
+}
+
+function start() {
+  if (token.needed() && !token.get()) {
+    showGate(false);
+    return;
+  }
+  const first = firstState();
+  if (first) {
+    state.examples = { generation: first.generation, byName: first.examples };
+    applyEvent("hello", first.hello);
+    applyEvent("status", first.status); // draws the page on show from it, before the stream opens
+  } else {
+    const waiting = document.createElement("p");
+    waiting.className = "quiet";
+    waiting.textContent = "Connecting to servd…";
+    main.replaceChildren(waiting);
+  }
+  connect();
+}
+
+start();

@@ -35,6 +35,7 @@ export class EndpointPage {
     this.run = runs.get(name) || null;
     this.form = null;
     this.schemaKey = undefined;
+    this.exampleKey = null;
     this.wait = h("p", { class: "wait", dataset: { field: "wait" } });
     this.stats = h("dl", { class: "summary compact" });
     this.statCells = {};
@@ -78,8 +79,10 @@ export class EndpointPage {
     if (!snapshot) return;
     this.snapshot = snapshot;
     const key = JSON.stringify(snapshot.input_schema);
-    const betterExample = !this.exampleFromDoc && state.doc && !this.touched;
-    if (key !== this.schemaKey || betterExample) this.buildForm(snapshot, key, Boolean(state.doc));
+    const example = this.ctx.example(snapshot);
+    const exampleKey = example.final ? JSON.stringify(example.value) : null;
+    const newExample = exampleKey !== null && exampleKey !== this.exampleKey && !this.touched;
+    if (key !== this.schemaKey || newExample) this.buildForm(snapshot, key, example, exampleKey);
     const batch = snapshot.batch ? `batches of up to ${snapshot.batch.max_size}` : "no batching";
     setText(this.config, `${snapshot.entrypoint} on ${snapshot.devices.join(", ")} · concurrency ${snapshot.concurrency} · ${batch}`
       + ` · queue ${snapshot.queue.max_size === null ? "unbounded" : `max ${snapshot.queue.max_size}`}`
@@ -93,14 +96,14 @@ export class EndpointPage {
     this.p99.update(series.t, series.p99_s);
   }
 
-  // Rebuilt when the schema changes (a reload), and once when the API document brings the example
-  // (until then a blank one), unless the form was edited meanwhile.
-  buildForm(snapshot, key, exampleFromDoc) {
+  // Rebuilt when the schema changes (a reload), and when servd's example for it changes or arrives
+  // (after a reload, a stand-in until the new API document brings it), unless the form was edited.
+  buildForm(snapshot, key, example, exampleKey) {
     this.schemaKey = key;
-    this.exampleFromDoc = exampleFromDoc;
+    this.exampleKey = exampleKey;
     this.touched = false;
     const previous = this.form;
-    this.form = new DataForm(snapshot.input_schema, this.ctx.example(snapshot));
+    this.form = new DataForm(snapshot.input_schema, example.value);
     this.form.element.addEventListener("input", () => { this.touched = true; });
     if (previous && previous.asJSON && !this.form.formable) this.form.editor.value = previous.editor.value;
     this.formBox.replaceChildren(this.form.element);

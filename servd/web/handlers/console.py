@@ -1,13 +1,17 @@
 """The web console's pages (GET /, /console/{file}) and the API document (GET /openapi.json).
 
 The pages are static files shipped in the package (servd/web/console/), read once and served from
-memory with an ETag; the deployment's data reaches them only through the token-checked API
-(/v1/events, /v1/endpoints, /openapi.json, the websocket), so the pages themselves need no token
-and show nothing of the deployment. index.html learns one fact at serving time: whether tokens
-are configured (`data-auth`), so the console asks for one before its first call instead of
-drawing a refused request. Every page carries a strict Content-Security-Policy: scripts and
-styles from this origin only (no inline script), no framing by other sites, connections to this
-origin only.
+memory with an ETag. index.html is filled in at serving time: whether tokens are configured
+(`data-auth`), so the console asks for one before its first call instead of drawing a refused
+request; and its first state (servd.web.firstpaint: the live feed's hello and status, each
+endpoint's example, and the overview as plain HTML), so the page is never blank, given only to
+those the API would show it to (no tokens configured, or a valid one in the Authorization
+header); anyone else gets the page with nothing of the deployment in it. Every page carries a
+strict Content-Security-Policy: scripts and styles from this origin only (no inline script; the
+first state is a JSON data block, which runs nothing), no framing by other sites, connections to
+this origin only.
+
+Loop thread only (Tornado handlers).
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ import functools
 import mimetypes
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 from servd import __version__
+from servd.daemon import auth
 from servd.errors import ErrorCode, ServdError
 from servd.protocols.openapi import document
+from servd.web import firstpaint
 from servd.web.handlers.base import JSONHandler
 from servd.web.handlers.ops import TokenRequired
+from servd.web.live import LiveFeed
 
 CSP = "; ".join(
     (
@@ -47,7 +55,13 @@ PAGE_HEADERS = {
 TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
          ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
 INDEX = "index.html"
-AUTH_MARK = "{{auth}}"
+MARKS = ("{{auth}}", "{{live}}", "{{overview}}", "{{state}}")
+NEEDS_JS = "<noscript><p>The servd console needs JavaScript.</p></noscript>"
+NEEDS_TOKEN = '<p class="quiet">This servd needs a token: the console asks for one.</p>' + NEEDS_JS
+LOADING = '<p class="quiet">Connecting to servd…</p>' + NEEDS_JS  # no snapshot at hand (/console/index.html)
+SNAPSHOT_NOTE = (
+    '<noscript><p class="quiet">As it was when this page loaded: the live console needs JavaScript.</p></noscript>'
+)
 
 
 @dataclass(frozen=True)
@@ -69,13 +83,38 @@ def assets() -> dict[str, Asset]:
     return found
 
 
-@functools.lru_cache(maxsize=2)
-def index_page(tokens: bool) -> bytes:
-    return assets()[INDEX].body.replace(AUTH_MARK.encode(), b"token" if tokens else b"none")
+@functools.lru_cache(maxsize=1)
+def index_parts() -> tuple[str, ...]:
+    """index.html cut at its marks: text, mark, text, ... (each mark once, in MARKS order)."""
+    text = assets()[INDEX].body.decode()
+    parts: list[str] = []
+    for mark in MARKS:
+        before, found, text = text.partition(mark)
+        assert found, f"{INDEX} lacks {mark}"
+        parts.append(before)
+    return (*parts, text)
+
+
+def index_page(tokens: bool, state: dict[str, Any] | None) -> bytes:
+    """index.html for a reader: with `state`, the first snapshot as data and as plain HTML."""
+    if state is None:
+        fills = ("token" if tokens else "none", "connecting…", NEEDS_TOKEN if tokens else LOADING, "null")
+    else:
+        overview = firstpaint.overview_html(state["status"]) + SNAPSHOT_NOTE
+        fills = ("token" if tokens else "none", "snapshot", overview, firstpaint.script_json(state))
+    parts = index_parts()
+    out = [parts[0]]
+    for fill, after in zip(fills, parts[1:], strict=True):
+        out += [fill, after]
+    return "".join(out).encode()
 
 
 class ConsolePage(JSONHandler):
     """GET / (index.html) and GET /console/{file}; 404 not_found when server.console is false."""
+
+    def initialize(self, daemon: Any, feed: LiveFeed | None = None) -> None:
+        super().initialize(daemon)
+        self.feed = feed
 
     def set_default_headers(self) -> None:
         for key, value in PAGE_HEADERS.items():
@@ -87,9 +126,31 @@ class ConsolePage(JSONHandler):
         if asset is None:
             self._not_found()
             return
-        body = index_page(bool(self.daemon.tokens)) if name == INDEX else asset.body
         self.set_header("Content-Type", asset.content_type)
-        self.finish(body)
+        if name != INDEX:
+            self.finish(asset.body)
+            return
+        tokens = bool(self.daemon.tokens)
+        if tokens:
+            self.set_header("Vary", "Authorization")
+        state = self._first_state() if not tokens or self._valid_header_token() else None
+        if state is not None:
+            self.set_header("Cache-Control", "no-store")  # a snapshot of live numbers: never reused
+        self.finish(index_page(tokens, state))
+
+    def _valid_header_token(self) -> bool:
+        """A valid token in the Authorization header (one in the address is not taken for a page)."""
+        header = self.request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        token = value.strip().encode() if scheme.lower() == "bearer" and value.strip() else None
+        return token is not None and auth.is_valid(token, self.daemon.tokens)
+
+    def _first_state(self) -> dict[str, Any] | None:
+        if self.feed is None:
+            return None
+        return firstpaint.first_state(
+            self.feed.hello(), self.feed.status(), {name: e.spec for name, e in self.daemon.endpoints.items()}
+        )
 
     def head(self, file: str | None = None) -> None:
         self.get(file)

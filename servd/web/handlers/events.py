@@ -4,7 +4,8 @@ A long-lived response: the handler subscribes to the feed and writes what it pus
 client goes away or the front closes at shutdown. Browsers read it with fetch() (so the token
 travels in the Authorization header, which EventSource can't set). A reader that falls behind
 skips status snapshots (each one replaces the last) instead of growing the server's buffer; one
-that has taken nothing for MAX_SKIPPED snapshots in a row is dropped.
+that has taken nothing for MAX_SKIPPED snapshots in a row is dropped, and so is one that leaves
+more than server.max_client_buffer_bytes unread (sse.EventStream). Loop thread only.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from tornado.iostream import StreamClosedError
-
 from servd.daemon import auth
 from servd.web.handlers.ops import TokenRequired
+from servd.web.handlers.sse import EventStream
 from servd.web.live import LiveFeed
 
 MAX_SKIPPED = 30  # about 30 s without reading
@@ -29,13 +29,12 @@ class Events(TokenRequired):
         self.ended: asyncio.Future[None] | None = None
         self.writing: asyncio.Future[None] | None = None
         self.skipped = 0
+        self.events = EventStream(self, daemon.spec.server.max_client_buffer_bytes, self._end)
 
     async def get(self) -> None:
         self.token = auth.presented_token(self.request)
         self.ended = asyncio.get_running_loop().create_future()
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
-        self.set_header("X-Content-Type-Options", "nosniff")
+        self.events.start()
         self.feed.subscribe(self)
         await self.ended
         self.feed.unsubscribe(self)
@@ -51,10 +50,8 @@ class Events(TokenRequired):
                 self.close()
             return
         self.skipped = 0
-        try:
-            self.write(event)
-            self.writing = self.flush()
-        except StreamClosedError:
+        self.writing = self.events.send(event)
+        if self.writing is None:  # gone, or just dropped for not reading
             self._end()
             return
         self.writing.add_done_callback(_retrieve)

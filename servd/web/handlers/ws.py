@@ -8,13 +8,16 @@ server.max_client_buffer_bytes, so it can't grow the server's buffers or stall a
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import TYPE_CHECKING, Any
 
 from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.web import stream_request_body
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol
 
-from servd.core.request import Completed, Request, Terminal
+from servd.core.events import Completed, Progress, Terminal
+from servd.core.request import Request
 from servd.daemon import auth
 from servd.errors import ErrorCode, ServdError
 from servd.inputs import tensors
@@ -22,7 +25,7 @@ from servd.protocols import frames
 from servd.protocols import ws_messages as protocol
 from servd.web import guard as webguard
 from servd.web.compat import buffered, fast_send_supported, send_text
-from servd.web.handlers.base import error_body, write_wire_error
+from servd.web.handlers.base import SERVD_ERRORS, error_answer, write_wire_error
 
 if TYPE_CHECKING:
     from servd.daemon.daemon import Daemon
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 SLOW_READER_CLOSE = 1008  # policy violation
 
 
+@stream_request_body  # a handshake has no body: one is refused at the headers, never buffered
 class QueueSocket(WebSocketHandler):
     daemon: Daemon
 
@@ -41,6 +45,18 @@ class QueueSocket(WebSocketHandler):
         self.highest_priority = 1  # what the connection's token allows (tokens_file), settled at the handshake
         self.gone = False
         self.direct_send: bool | None = None
+
+    def prepare(self) -> None:
+        """A request with a body is no websocket handshake: refused before any of it is read (Tornado
+        would otherwise hold up to twice max_message_bytes of it before get() checks anything)."""
+        headers = self.request.headers
+        if self.request.method != "GET":
+            return  # answered 405 by Tornado; a body it carries is read and dropped (data_received)
+        if headers.get("Content-Length", "0") not in ("", "0") or "Transfer-Encoding" in headers:
+            self._refuse(ErrorCode.BAD_REQUEST, "a websocket handshake has no body")
+
+    def data_received(self, chunk: bytes) -> None:
+        """Nothing: a request with a body was refused in prepare()."""
 
     def get_websocket_protocol(self) -> WebSocketProtocol | None:
         """Tornado's protocol, reading through BufferedFrames where Tornado has the method it overrides."""
@@ -74,13 +90,9 @@ class QueueSocket(WebSocketHandler):
         await super().get(*args, **kwargs)
 
     def _refuse(self, code: ErrorCode, message: str) -> None:
-        self.daemon.note_rejected(None, ServdError(code, message))
-        self.set_status(code.http_status)
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        if code is ErrorCode.UNAUTHORIZED:
-            self.set_header("WWW-Authenticate", 'Bearer realm="servd"')  # RFC 9110: a 401 must carry one
-        self.finish(error_body(code, message))  # an HTTP answer: the HTTP error shape
+        error = ServdError(code, message)
+        self.daemon.note_rejected(None, error)
+        self.finish(error_answer(self, SERVD_ERRORS, error))  # an HTTP answer: the HTTP error shape
 
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         """The subprotocol `servd` when offered (the console offers it beside its token, as
@@ -176,15 +188,15 @@ class QueueSocket(WebSocketHandler):
 
     # -- Sink ------------------------------------------------------------------------------
 
-    def send(self, request: Request, message: str) -> None:
-        self._write(message)
+    def send(self, request: Request, event: Progress) -> None:
+        self._write(protocol.progress(request.id, event))
 
     def end(self, request: Request, terminal: Terminal) -> None:
         if self.in_flight.get(request.id) is request:
             del self.in_flight[request.id]
-        if isinstance(terminal, Completed) and isinstance(terminal.payload, frames.Encoded):
+        if isinstance(terminal, Completed) and isinstance(terminal.encoded, frames.Encoded):
             timing = protocol.timing(terminal.queue_s, terminal.run_s, terminal.batch_size)
-            self._write(frames.completed(request.id, terminal.payload, timing))
+            self._write(frames.completed(request.id, terminal.encoded, timing))
             return
         self._write(protocol.terminal(request.id, terminal))
 
@@ -204,8 +216,18 @@ class QueueSocket(WebSocketHandler):
         except StreamBufferFullError:
             self.daemon.log.warning("slow reader disconnected", client=self.client, in_flight=len(self.in_flight))
             self.gone = True
-            self.close(SLOW_READER_CLOSE, "too much unread output (server.max_client_buffer_bytes)")
             self._cancel_in_flight()
+            self._cut_slow_reader()
+
+    def _cut_slow_reader(self) -> None:
+        """Close with 1008; a reader with output still waiting for it would never read that close
+        frame, so its socket is closed at once and the output waiting for it is freed (#25),
+        instead of being held through Tornado's 5 s wait for the client's close."""
+        stream = getattr(self.ws_connection, "stream", None)
+        with contextlib.suppress(StreamBufferFullError, StreamClosedError, WebSocketClosedError):
+            self.close(SLOW_READER_CLOSE, "too much unread output (server.max_client_buffer_bytes)")
+        if stream is not None and stream.writing():
+            stream.close()
 
     def on_close(self) -> None:
         self.gone = True

@@ -1,6 +1,6 @@
 """What `servd bench` prints: one level in full, a sweep as a table, the per-priority split, and why a run failed.
 
-Pure functions of the JSON-ready level summaries that `servd.tools.bench` builds (the same dicts
+Pure functions of the JSON-ready level summaries that `servd.tools.bench.recorder` builds (the same dicts
 `--json` prints), so what a person reads and what a machine reads can't disagree.
 """
 
