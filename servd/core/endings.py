@@ -12,7 +12,7 @@ from typing import Any
 
 from servd.core.events import Completed, Failed, Terminal
 from servd.core.failures import clip, log_safely, safe_str
-from servd.core.request import Request
+from servd.core.request import Request, State
 from servd.core.stats import Stats
 from servd.errors import ErrorCode
 from servd.inputs.validation import InvalidInput
@@ -77,3 +77,25 @@ def record(
         run_s=round(now - request.started_at, 6) if request.started_at else None,
         batch_size=None, message=terminal.message,
     )  # fmt: skip
+
+
+def rerun_or_end(
+    requests: list[Request], outcomes: list[Outcome]
+) -> tuple[list[Request], list[tuple[Request, Failed]]]:
+    """A lost replica's batch: which requests run again (back to the queue, in order, marked as
+    rerun once) and which end `unavailable`: one lost a second time, or one that already streamed
+    partials (it must not run twice). Requests that already ended are neither."""
+    back: list[Request] = []
+    lost: list[tuple[Request, Failed]] = []
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if request.state is State.DONE:
+            continue
+        streamed = getattr(outcome.error, "streamed", False)
+        if request.reruns or streamed:
+            why = "after sending partials" if streamed else "a second time"
+            lost.append((request, Failed(ErrorCode.UNAVAILABLE, f"the replica running it was lost {why}")))
+            continue
+        request.reruns += 1
+        request.state = State.QUEUED
+        back.append(request)
+    return back, lost

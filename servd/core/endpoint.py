@@ -24,13 +24,12 @@ from servd.core import admission, batching, endings
 from servd.core.events import STARTED, Estimation, Failed, Partial, Queued, Terminal
 from servd.core.failures import log_safely
 from servd.core.instances import Instance, Instances
+from servd.core.intake import Intake
 from servd.core.lines import Batch, Lines
 from servd.core.queue import RequestQueue
 from servd.core.request import Request, State
 from servd.core.stats import Stats
 from servd.errors import ErrorCode, ServdError
-from servd.inputs import declared, tensors
-from servd.inputs.validation import InputCheck
 from servd.obs.metrics import EndpointSeries
 from servd.runners.entrypoints import Model
 from servd.runners.seam import (
@@ -57,8 +56,7 @@ class Endpoint:
         self.stats = Stats()
         self.accepting = True
         self.working_batch_size = spec.batch.max_size if spec.batch else 1
-        self._validator = _validator(spec)
-        self._layout = _layout(spec)
+        self._intake = Intake(spec)
         self._batches: set[Batch] = set()
         self._wake: Any = None
         self._wake_at = 0.0
@@ -121,24 +119,8 @@ class Endpoint:
     def _admission_check(self, request: Request) -> None:
         if not self.accepting:
             raise ServdError(ErrorCode.UNAVAILABLE, f"endpoint {self.name!r} is not accepting requests (draining)")
-        if self._validator is not None:  # large data is checked on the worker instead (validation.py)
-            request.data = self._validator.admit(request.data, request.size)
-        elif self._layout is not None:
-            request.data = self._admit_tensors(self._layout, request.data)
+        request.data = self._intake.admit(request.data, request.size)
         self.queue.check_room(request.client)
-
-    def _admit_tensors(self, layout: declared.Layout, data: Any) -> tensors.TensorInput:
-        """Declared tensors, checked before anything is queued; a batched request's rows must fit a call."""
-        try:
-            tensor = declared.admit(layout, data)
-        except tensors.TensorError as exc:
-            raise ServdError(ErrorCode.INVALID_INPUT, str(exc)) from None
-        if layout.batched and self.spec.batch is not None and tensor.rows > self.spec.batch.max_size:
-            raise ServdError(
-                ErrorCode.INVALID_INPUT,
-                f"{tensor.rows} rows; batch.max_size={self.spec.batch.max_size} rows is the most one call takes",
-            )
-        return tensor
 
     def cancel(self, request: Request, message: str = "cancelled by the client") -> None:
         """End a queued or running request with `cancelled`; a queued one never runs."""
@@ -215,7 +197,7 @@ class Endpoint:
         if self.spec.batch is None:
             return 1
         waiting, fitting = len(self.queue), 0
-        if self._layout is not None:  # stacked tensors: batch.max_size counts rows
+        if self._intake.layout is not None:  # stacked tensors: batch.max_size counts rows
             fitting, waiting, full = batching.fit_rows((r.data.rows for r in self.queue), self.working_batch_size)
             if full:
                 return fitting
@@ -231,7 +213,7 @@ class Endpoint:
         if isinstance(decision, batching.WaitUntil):
             self._arm_wake(decision.when)
             return None
-        if decision and self._layout is not None:
+        if decision and self._intake.layout is not None:
             return fitting
         return decision.count if decision else None
 
@@ -254,7 +236,7 @@ class Endpoint:
             request.started_at = now
             if request.progress:
                 request.sink.send(request, STARTED)
-        layout = self._layout
+        layout = self._intake.layout
         size = sum(r.data.rows for r in requests) if layout is not None and layout.batched else len(requests)
         batch = Batch(requests, instance, now, size)
         before = self.lines.place(batch, line)
@@ -320,18 +302,9 @@ class Endpoint:
         self._batches.discard(batch)
         self._leave_line(batch)
         self.instances.call_ended(batch.instance)
-        back: list[Request] = []
-        for request, outcome in zip(batch.requests, result.outcomes, strict=True):
-            if request.state is State.DONE:
-                continue
-            streamed = getattr(outcome.error, "streamed", False)
-            if request.reruns or streamed:
-                why = "after sending partials" if streamed else "a second time"
-                self.finish(request, Failed(ErrorCode.UNAVAILABLE, f"the replica running it was lost {why}"))
-                continue
-            request.reruns += 1
-            request.state = State.QUEUED
-            back.append(request)
+        back, lost = endings.rerun_or_end(batch.requests, result.outcomes)
+        for request, terminal in lost:
+            self.finish(request, terminal)
         self.queue.push_front(back)
         reason = result.outcomes[0].error if result.outcomes else None
         self.log.warning("batch requeued", endpoint=self.name, requeued=len(back), reason=str(reason))
@@ -370,16 +343,8 @@ class Endpoint:
     # -- estimation ------------------------------------------------------------------------
 
     def _slot_remaining(self, now: float) -> list[float]:
-        """Seconds until each slot is free, ascending (0 for a free slot); a slot with requests
-        lined up is free once they have run too."""
-        expected = self.stats.batch_time_s or 0.0
-        busy = [
-            max(0.0, expected - (now - b.started_at)) + (len(b.line) - 1) * expected
-            for b in self.lines.calls()
-            if not b.instance.retired
-        ]
-        free = max(0, self.instances.live() * self.spec.concurrency - len(busy))
-        return [0.0] * free + sorted(busy)
+        slots = self.instances.live() * self.spec.concurrency
+        return self.lines.slot_remaining(now, self.stats.batch_time_s or 0.0, slots)
 
     def replicas(self) -> Replicas | None:
         """The runner's description of this endpoint's models (replica states on a cluster), or None."""
@@ -425,8 +390,7 @@ class Endpoint:
         self.spec = spec
         self.queue.reconfigure(spec.queue)
         self._schedule_broadcast()  # a new order or levels re-sorted what waits
-        self._validator = _validator(spec)
-        self._layout = _layout(spec)
+        self._intake = Intake(spec)
         self.lines.judge_depth(self.stats.batch_time_s, self.spec.batch is not None)
         self._pump()
 
@@ -468,11 +432,3 @@ class Endpoint:
     def running_devices(self) -> list[str]:
         """The device of each call running now: what a shutdown that can't wait for them names."""
         return [b.instance.model.device for b in self.lines.calls()]
-
-
-def _validator(spec: EndpointSpec) -> InputCheck | None:
-    return None if spec.input_schema is None else InputCheck(spec.input_schema)
-
-
-def _layout(spec: EndpointSpec) -> declared.Layout | None:
-    return None if spec.tensors is None else declared.Layout(spec.tensors, spec.batch is not None)

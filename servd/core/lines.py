@@ -57,6 +57,16 @@ class Lines:
         """The batches that hold a thread: running, or next on theirs; not those lined up behind."""
         return (line[0] for line in self.open.values())
 
+    def slot_remaining(self, now: float, expected: float, slots: int) -> list[float]:
+        """Seconds until each of `slots` is free, ascending (0 for a free slot), for calls of
+        `expected` seconds; a slot with requests lined up is free once they have run too."""
+        busy = [
+            max(0.0, expected - (now - b.started_at)) + (len(b.line) - 1) * expected
+            for b in self.calls()
+            if not b.instance.retired
+        ]
+        return [0.0] * max(0, slots - len(busy)) + sorted(busy)
+
     def judge_depth(self, expected: float | None, batched: bool) -> None:
         """How many requests may wait behind each running call: LINE_UP_BUDGET_S of calls as long
         as the recent ones, on an unbatched endpoint of a runner that lines up; 0: none. Judged when
