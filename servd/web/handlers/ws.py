@@ -109,6 +109,9 @@ class QueueSocket(WebSocketHandler):
         write_wire_error(self, status_code)
 
     def open(self, *args: Any, **kwargs: Any) -> None:
+        # Tornado turns Nagle back on after the upgrade's response: each message would then wait
+        # for the client's delayed ACK of the one before (a 20 ms call took 44 ms; #32).
+        self.set_nodelay(True)
         stream = getattr(self.ws_connection, "stream", None)
         if stream is not None:
             stream.max_write_buffer_size = self.daemon.spec.server.max_client_buffer_bytes
