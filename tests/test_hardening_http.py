@@ -289,22 +289,13 @@ def test_a_stream_reader_that_never_reads_is_dropped_and_its_request_cancelled(t
 
 # -- tokens, frames, memory -------------------------------------------------------------------------
 
-AUTH = """\
-version: 1
-server:
-  tokens_file: tokens.txt
-endpoints:
-  echo:
-    entrypoint: examples.echo:echo
-"""
-
 
 async def test_a_token_in_the_query_string_is_refused_on_http_and_kept_for_the_websocket(tmp_path):
     """?token= is only for the websocket handshake (browsers can't set its headers): on HTTP routes
     it is refused with 401, telling the client to use the Authorization header, since addresses end
     up in proxies' logs; the websocket handshake still takes it."""
     (tmp_path / "tokens.txt").write_text("alpha-secret\n")
-    async with serve(tmp_path, AUTH) as d:
+    async with serve(tmp_path, TOKENS) as d:
         for method, path in (("GET", "/v1/status"), ("GET", "/metrics"), ("POST", "/v1/endpoints/echo")):
             reply = await d.http(method, f"{path}?token=alpha-secret", {"data": 1} if method == "POST" else None)
             assert reply.status == 401, (path, reply.status)

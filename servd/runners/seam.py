@@ -97,10 +97,6 @@ class PartialBacklog:
         self._bytes = 0
         self._room = threading.Condition(threading.Lock())
 
-    @property
-    def waiting_bytes(self) -> int:
-        return self._bytes
-
     def add(self, size: int) -> None:
         with self._room:
             self._bytes += size
