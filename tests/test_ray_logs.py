@@ -51,10 +51,13 @@ def test_every_line_of_the_json_log_is_one_json_object_under_ray(tmp_path, ray_c
     (tmp_path / "chatty_replica.py").write_text(CHATTY)
     with procs.running(tmp_path, config(ray_cluster)) as daemon:
         assert procs.http(daemon.port, "POST", "/v1/endpoints/chatty", {"data": 7}).status == 200
-        eventually_sync(
-            lambda: [e for e in daemon.log_events() if e.get("event") == "cluster output"],
+        said = {("stdout", "stdout says 7"), ("stderr", "stderr says 7")}
+        eventually_sync(  # the replica's own lines, not just any of Ray's worker output before them
+            lambda: {
+                (e.get("stream"), e.get("line")) for e in daemon.log_events() if e.get("event") == "cluster output"
+            },
             "the replica's output in servd's log",
-            until=lambda found: len(found) >= 2,
+            until=lambda found: said <= found,
         )
         daemon.proc.send_signal(signal.SIGTERM)
         assert daemon.proc.wait(60) == 0
@@ -62,7 +65,7 @@ def test_every_line_of_the_json_log_is_one_json_object_under_ray(tmp_path, ray_c
     not_json = [line for line in lines if not _is_json_object(line)]
     assert not_json == [], "\n".join(not_json)
     output = {(e["stream"], e["line"]) for e in map(json.loads, lines) if e.get("event") == "cluster output"}
-    assert {("stdout", "stdout says 7"), ("stderr", "stderr says 7")} <= output
+    assert said <= output
     assert not any("SIGTERM received" in line for line in lines)
 
 
